@@ -1,4 +1,4 @@
-"""Make garbled.log: h100.log cut off in the middle of the probe document, as a pod killed mid-write leaves it.
+"""Make garbled.log: h100.log cut off in the middle of the probe document (a pod killed mid-write).
 
 The testbed serves it as a pod log to exercise the suite's error path (parse_document must raise
 ProbeOutputError naming the truncation). Re-run after re-recording h100.log:
