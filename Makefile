@@ -1,0 +1,41 @@
+# `make test`: the README's test command. Creates .venv if missing, installs the project with its dev extras,
+# brings the testbed up (building its binaries once, cached in ~/.cache/k8s-gpu-acceptance) and runs the
+# self-tests and unit tests. The testbed is left running for fast re-runs: `make down` stops it.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint up down status env acceptance
+
+$(PY):
+	@echo "[make] creating $(VENV) with $$($(PYTHON) --version)"
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	@echo "[make] installing the project with its dev extras into $(VENV) (progress below)"
+	$(PY) -m pip install --progress-bar off -e '.[dev]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m testbed up
+	$(PY) -m pytest tests/self tests/unit -m 'not gpu'
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+up: $(STAMP)
+	$(PY) -m testbed up
+
+down: $(STAMP)
+	$(PY) -m testbed down
+
+status: $(STAMP)
+	$(PY) -m testbed status
+
+env: $(STAMP)
+	@$(PY) -m testbed env
+
+# acceptance: written by the suite engineer (runs tests/gpu against a real cluster or the testbed).

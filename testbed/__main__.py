@@ -1,0 +1,64 @@
+"""`python -m testbed up | down | status | env | build`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from testbed import build, lifecycle, versions
+from testbed.errors import TestbedError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; a TestbedError becomes one clear line and exit code 1."""
+    parser = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="build if needed, start (or reuse) the testbed")
+    p_up.add_argument(
+        "--gpu-nodes",
+        type=int,
+        metavar="N",
+        help="N identical 1-GPU nodes gpu-node-1..N instead of the single gpu-node-1",
+    )
+    sub.add_parser("down", help="stop exactly what `up` started and remove its state")
+    sub.add_parser("status", help="say what runs")
+    sub.add_parser("env", help="print shell exports: KUBECONFIG and the AWS_* variables for MinIO")
+    sub.add_parser("build", help="only build (or verify) the cached binaries")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            lifecycle.up(args.gpu_nodes)
+        elif args.command == "down":
+            lifecycle.down()
+        elif args.command == "env":
+            for key, value in lifecycle.client_env().items():
+                print(f"export {key}={shlex.quote(value)}")
+        elif args.command == "build":
+            build.ensure_built()
+        else:
+            return print_status()
+    except TestbedError as exc:
+        print(f"testbed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_status() -> int:
+    """Exit 0 when everything runs, 3 when nothing is up, 1 when some part is down."""
+    state, checks = lifecycle.status()
+    if state is None:
+        print("testbed: not running")
+        return 3
+    print(
+        f"testbed: cluster {state.cluster_name}, {len(state.nodes)} nodes, binaries {versions.version_key()}"
+    )
+    print(f"  KUBECONFIG={state.kubeconfig}")
+    print(f"  S3 endpoint {state.s3_endpoint}")
+    for name, ok in checks.items():
+        print(f"  {'running' if ok else 'DOWN   '}  {name}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The kwok cluster: a real etcd, kube-apiserver, kube-scheduler and kube-controller-manager,
+started by kwokctl from the locally built binaries (binary runtime, nothing downloaded),
+with SIMULATED nodes played by kwok.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from testbed.errors import TestbedError
+from testbed.manifests import DEVICE_PLUGIN_NAME, device_plugin_daemonset, nvidia_runtime_class
+from testbed.nodes import MANAGED_BY, NodeSpec
+from testbed.stages import kwok_config_yaml
+
+CLUSTER_NAME = "k8s-gpu-acceptance"
+CREATE_TIMEOUT = "180s"
+
+
+def kwokctl_env(workdir: Path) -> dict[str, str]:
+    """kwokctl keeps its cluster files in our state dir and finds the system kubectl."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise TestbedError("kubectl is not on PATH: kwokctl needs it")
+    env = dict(os.environ)
+    env["KWOK_WORKDIR"] = str(workdir)
+    env["KWOK_KUBECTL_BINARY"] = kubectl
+    return env
+
+
+def kwokctl(bindir: Path, workdir: Path, args: list[str], timeout: float = 300) -> str:
+    """Run kwokctl; on failure raise with its output."""
+    cmd = [str(bindir / "kwokctl"), *args]
+    proc = subprocess.run(cmd, env=kwokctl_env(workdir), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise TestbedError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout + proc.stderr
+
+
+def create_cluster(bindir: Path, workdir: Path, kubeconfig: Path) -> None:
+    """kwokctl create cluster, every component pointed at a local binary (a path is linked, never fetched)."""
+    config_file = workdir.parent / "kwok-stages.yaml"
+    config_file.write_text(kwok_config_yaml())
+    kwokctl(
+        bindir,
+        workdir,
+        [
+            "create",
+            "cluster",
+            "--name",
+            CLUSTER_NAME,
+            "--runtime",
+            "binary",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--config",
+            str(config_file),
+            "--kube-apiserver-binary",
+            str(bindir / "kube-apiserver"),
+            "--kube-scheduler-binary",
+            str(bindir / "kube-scheduler"),
+            "--kube-controller-manager-binary",
+            str(bindir / "kube-controller-manager"),
+            "--kwok-controller-binary",
+            str(bindir / "kwok"),
+            "--etcd-binary",
+            str(bindir / "etcd"),
+            # Namespaced Logs objects are how the recording controller attaches a recording to one pod.
+            "--enable-crds",
+            "Logs",
+            "--wait",
+            CREATE_TIMEOUT,
+            "--timeout",
+            CREATE_TIMEOUT,
+        ],
+    )
+
+
+def delete_cluster(bindir: Path, workdir: Path, kubeconfig: Path) -> None:
+    """kwokctl stops the component processes it started (from its own PID files)."""
+    kwokctl(bindir, workdir, ["delete", "cluster", "--name", CLUSTER_NAME, "--kubeconfig", str(kubeconfig)])
+
+
+def api(kubeconfig: Path) -> client.ApiClient:
+    """A client for the testbed cluster, never the user's default kubeconfig."""
+    return config.new_client_from_config(config_file=str(kubeconfig))
+
+
+def apiserver_ready(kubeconfig: Path) -> bool:
+    """The apiserver's /readyz, through the testbed kubeconfig."""
+    try:
+        with api(kubeconfig) as c:
+            c.call_api("/readyz", "GET", auth_settings=["BearerToken"], _request_timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+def create_or_replace(create: Callable[[], Any], replace: Callable[[], Any]) -> None:
+    """Apply semantics for one object."""
+    try:
+        create()
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        replace()
+
+
+def reconcile_nodes(api_client: client.ApiClient, specs: Iterable[NodeSpec], workers: int = 32) -> list[str]:
+    """Create missing nodes and delete surplus testbed nodes, concurrently (a benchmark asks for 1000)."""
+    core = client.CoreV1Api(api_client)
+    wanted = {s.name: s for s in specs}
+    existing = {
+        n.metadata.name
+        for n in core.list_node(label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}").items
+    }
+    to_create = [s for name, s in wanted.items() if name not in existing]
+    to_delete = [name for name in existing if name not in wanted]
+
+    def create(spec: NodeSpec) -> None:
+        create_or_replace(lambda: core.create_node(spec.manifest()), lambda: None)
+
+    def delete(name: str) -> None:
+        try:
+            core.delete_node(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(create, to_create))
+        list(pool.map(delete, to_delete))
+    return list(wanted)
+
+
+def apply_addons(api_client: client.ApiClient) -> None:
+    """The nvidia RuntimeClass and the device plugin DaemonSet."""
+    node_api = client.NodeV1Api(api_client)
+    apps = client.AppsV1Api(api_client)
+    rc = nvidia_runtime_class()
+    create_or_replace(
+        lambda: node_api.create_runtime_class(rc),
+        lambda: node_api.patch_runtime_class(rc["metadata"]["name"], rc),
+    )
+    ds = device_plugin_daemonset()
+    create_or_replace(
+        lambda: apps.create_namespaced_daemon_set("kube-system", ds),
+        lambda: apps.patch_namespaced_daemon_set(DEVICE_PLUGIN_NAME, "kube-system", ds),
+    )
+
+
+def wait_for(
+    list_fn: Callable[..., Any], done: Callable[[Any], bool], what: str, timeout: float, **kwargs: Any
+) -> Any:
+    """List, and if not yet done, watch from that list until `done(list)` holds or the deadline passes.
+
+    Returns the list that satisfied `done`. A watch, not a sleep loop: it wakes on the first change.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = list_fn(**kwargs)
+        if done(listed):
+            return listed
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TestbedError(f"timed out after {timeout:.0f}s waiting for {what}")
+        stream = watch.Watch().stream(
+            list_fn,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=max(1, int(min(remaining, 30))),
+            **kwargs,
+        )
+        for _ in stream:  # any change: list again and re-check
+            break
+
+
+def node_ready(node: client.V1Node) -> bool:
+    """Ready condition True (kwok's node-initialize stage sets it)."""
+    return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+
+
+def wait_ready(
+    api_client: client.ApiClient, node_names: list[str], gpu_nodes: int, timeout: float = 300
+) -> None:
+    """All testbed nodes Ready, one device plugin pod Ready per GPU node, and the default ServiceAccount."""
+    core = client.CoreV1Api(api_client)
+    apps = client.AppsV1Api(api_client)
+    names = set(node_names)
+    wait_for(
+        core.list_node,
+        lambda nl: names <= {n.metadata.name for n in nl.items if node_ready(n)},
+        f"{len(names)} nodes Ready",
+        timeout,
+    )
+
+    def plugin_ready(dsl: Any) -> bool:
+        st = dsl.items[0].status if dsl.items else None
+        return bool(st and st.desired_number_scheduled == gpu_nodes and st.number_ready == gpu_nodes)
+
+    wait_for(
+        apps.list_namespaced_daemon_set,
+        plugin_ready,
+        f"{gpu_nodes} device plugin pods Ready",
+        timeout,
+        namespace="kube-system",
+        field_selector=f"metadata.name={DEVICE_PLUGIN_NAME}",
+    )
+    wait_for(
+        core.list_namespaced_service_account,
+        lambda sl: bool(sl.items),
+        "the default ServiceAccount",
+        timeout,
+        namespace="default",
+        field_selector="metadata.name=default",
+    )

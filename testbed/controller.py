@@ -1,0 +1,180 @@
+"""The recording controller: gives each simulated probe pod its recorded log. SIMULATED execution.
+
+kwok runs no container, and its ClusterLogs select pods by namespace/name only. So this small background
+process (started by `python -m testbed up`, PID tracked, stopped by `down`) watches pods labelled
+`k8s-gpu-acceptance/role=probe` and, for each one that kwok has made Running:
+
+1. picks the recording (annotation `testbed.k8s-gpu-acceptance.io/recording`, default `h100` for a GPU pod,
+   else `cpu`) from the recordings directory;
+2. creates a kwok `Logs` object named like the pod (owned by it, so the garbage collector removes it) that
+   points at a CRI-format copy of the recording;
+3. waits until `pods/log` through the real apiserver returns the recording, then annotates the pod
+   `.../logs-ready=true`; only then does the kwok Stage move the pod to Succeeded.
+
+A missing recording is annotated `.../recording-error`, and a Stage makes the pod Failed with that message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from testbed.recordings import cri_log_file, recording_name, recording_path, recordings_dir
+from testbed.stages import LOGS_READY_ANNOTATION, PROBE_LABEL, PROBE_VALUE, RECORDING_ERROR_ANNOTATION
+
+LOG = logging.getLogger("testbed.controller")
+KWOK_GROUP, KWOK_VERSION, LOGS_PLURAL = "kwok.x-k8s.io", "v1alpha1", "logs"
+SERVE_TIMEOUT_S = 20.0
+
+
+class RecordingController:
+    """Attach recordings to probe pods, each pod once."""
+
+    def __init__(self, api_client: client.ApiClient, cri_cache: Path, workers: int = 8) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.cri_cache = cri_cache
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recording")
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+
+    def wants(self, pod: client.V1Pod) -> bool:
+        """A Running probe pod that has neither its log nor an error yet, and is not already being handled."""
+        annotations = pod.metadata.annotations or {}
+        if pod.status.phase != "Running" or pod.metadata.deletion_timestamp is not None:
+            return False
+        if LOGS_READY_ANNOTATION in annotations or RECORDING_ERROR_ANNOTATION in annotations:
+            return False
+        with self.lock:
+            if pod.metadata.uid in self.seen:
+                return False
+            self.seen.add(pod.metadata.uid)
+        return True
+
+    def handle(self, pod: client.V1Pod) -> None:
+        """Steps 1-3 of the module docstring, with any failure logged (the pod then stays Running)."""
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        try:
+            spec = self.api_client.sanitize_for_serialization(pod.spec)
+            chosen = recording_name(pod.metadata.annotations, spec)
+            path = recording_path(chosen)
+            if not path.is_file():
+                message = f"testbed: recording {chosen!r} not found ({path})"
+                LOG.warning("%s/%s: %s", ns, name, message)
+                self.annotate(ns, name, RECORDING_ERROR_ANNOTATION, message)
+                return
+            self.put_logs(pod, cri_log_file(path, self.cri_cache))
+            self.wait_served(ns, name, pod.spec.containers[0].name, path.read_bytes())
+            self.annotate(ns, name, LOGS_READY_ANNOTATION, "true")
+            LOG.info("%s/%s: log is recording %r", ns, name, chosen)
+        except Exception:
+            LOG.exception("%s/%s: could not attach a recording", ns, name)
+            with self.lock:
+                self.seen.discard(pod.metadata.uid)
+
+    def put_logs(self, pod: client.V1Pod, logs_file: Path) -> None:
+        """Create (or repoint) the kwok Logs object of this pod."""
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        body: dict[str, Any] = {
+            "apiVersion": f"{KWOK_GROUP}/{KWOK_VERSION}",
+            "kind": "Logs",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "k8s-gpu-acceptance-testbed"},
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod.metadata.uid}
+                ],
+            },
+            "spec": {"logs": [{"logsFile": str(logs_file), "follow": False}]},
+        }
+        try:
+            self.custom.create_namespaced_custom_object(KWOK_GROUP, KWOK_VERSION, ns, LOGS_PLURAL, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            # A pod of the same name existed before: point its leftover Logs at this pod and file.
+            self.custom.patch_namespaced_custom_object(KWOK_GROUP, KWOK_VERSION, ns, LOGS_PLURAL, name, body)
+
+    def wait_served(self, ns: str, name: str, container: str, expected: bytes) -> None:
+        """kwok loads Logs objects asynchronously: release the pod only once its log is really served."""
+        deadline = time.monotonic() + SERVE_TIMEOUT_S
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                resp = self.core.read_namespaced_pod_log(
+                    name, ns, container=container, _preload_content=False
+                )
+                got = resp.data
+                if got == expected:
+                    return
+                last = f"served {len(got)} bytes, recording has {len(expected)}"
+            except ApiException as exc:
+                last = f"HTTP {exc.status}: {exc.body!r}"[:300]
+            time.sleep(0.05)
+        raise TimeoutError(f"log of {ns}/{name} not served within {SERVE_TIMEOUT_S}s: {last}")
+
+    def annotate(self, ns: str, name: str, key: str, value: str) -> None:
+        """Merge-patch one annotation onto the pod (the kwok Stages select on it)."""
+        self.core.patch_namespaced_pod(name, ns, {"metadata": {"annotations": {key: value}}})
+
+    def run(self, ready_file: Path | None = None) -> None:
+        """List, then watch from the list's resourceVersion; relist when the watch expires."""
+        selector = f"{PROBE_LABEL}={PROBE_VALUE}"
+        while True:
+            listed = self.core.list_pod_for_all_namespaces(label_selector=selector)
+            for pod in listed.items:
+                self.offer(pod)
+            if ready_file is not None:
+                ready_file.touch()
+                ready_file = None
+            version = listed.metadata.resource_version
+            try:
+                for event in watch.Watch().stream(
+                    self.core.list_pod_for_all_namespaces,
+                    label_selector=selector,
+                    resource_version=version,
+                    timeout_seconds=300,
+                    allow_watch_bookmarks=True,
+                ):
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self.offer(event["object"])
+            except ApiException as exc:
+                if exc.status != 410:  # 410 Gone: the resourceVersion expired; relist
+                    LOG.warning("watch failed (%s); relisting", exc.status)
+                    time.sleep(1)
+
+    def offer(self, pod: client.V1Pod) -> None:
+        """Hand a pod to the worker pool if it needs its recording."""
+        if self.wants(pod):
+            self.pool.submit(self.handle, pod)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the background process started by `python -m testbed up`."""
+    parser = argparse.ArgumentParser(prog="python -m testbed.controller", description=__doc__)
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--cri-cache", required=True, type=Path)
+    parser.add_argument("--ready-file", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(threadName)s %(message)s"
+    )
+    LOG.info("recordings from %s", recordings_dir())
+    api_client = config.new_client_from_config(config_file=args.kubeconfig)
+    RecordingController(api_client, args.cri_cache).run(args.ready_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

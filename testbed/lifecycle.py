@@ -1,0 +1,237 @@
+"""up / down / status / env: the testbed's life cycle, shared by the CLI and the pytest fixture."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed import build, cluster, versions
+from testbed.build import fmt_duration, log
+from testbed.errors import TestbedError
+from testbed.minio import minio_ready, start_minio, wait_minio
+from testbed.nodes import default_nodes
+from testbed.recordings import recordings_dir
+from testbed.state import Proc, State, is_alive, locked, start, state_dir, stop
+
+
+@dataclass(frozen=True)
+class Testbed:
+    """What a client needs: the kubeconfig and the S3 environment."""
+
+    kubeconfig: Path
+    env: dict[str, str]
+    recordings_dir: Path  # where the recording controller reads `<name>.log` from
+    started_here: bool  # False when `up` found it already running
+
+    __test__ = False
+
+
+def client_env(state: State | None = None) -> dict[str, str]:
+    """KUBECONFIG and the AWS_* variables for the running testbed (boto3 and kubectl read them)."""
+    state = state or State.load()
+    if state is None:
+        raise TestbedError("the testbed is not running: start it with `python -m testbed up`")
+    creds = state.credentials()
+    return {
+        "KUBECONFIG": state.kubeconfig,
+        "AWS_ENDPOINT_URL_S3": state.s3_endpoint,
+        "AWS_ACCESS_KEY_ID": creds["access_key"],
+        "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+        "AWS_DEFAULT_REGION": state.region,
+    }
+
+
+def testbed_of(state: State, started_here: bool) -> Testbed:
+    """The client's view of a running testbed."""
+    return Testbed(Path(state.kubeconfig), client_env(state), Path(state.recordings_dir), started_here)
+
+
+def kwok_pids(state: State) -> dict[str, int]:
+    """The component PIDs kwokctl recorded for this cluster."""
+    pid_dir = Path(state.kwok_workdir) / "clusters" / state.cluster_name / "pids"
+    pids: dict[str, int] = {}
+    for path in sorted(pid_dir.glob("*.pid")):
+        try:
+            pids[path.stem] = int(path.read_text().strip())
+        except (OSError, ValueError):
+            pids[path.stem] = -1
+    return pids
+
+
+def pid_alive(pid: int) -> bool:
+    """Running and not a zombie (for PIDs kwokctl started, whose command lines we do not record)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def health(state: State) -> dict[str, bool]:
+    """One line per part: is it running and answering?"""
+    out = {f"{name} (pid {pid})": pid_alive(pid) for name, pid in kwok_pids(state).items()}
+    if not out:
+        out["kwok cluster"] = False
+    out["kube-apiserver /readyz"] = cluster.apiserver_ready(Path(state.kubeconfig))
+    for name, proc in state.procs.items():
+        out[f"{name} (pid {proc.pid})"] = is_alive(proc)
+    out[f"minio {state.s3_endpoint}"] = minio_ready(state.s3_endpoint)
+    return out
+
+
+def up(gpu_nodes: int | None = None) -> Testbed:
+    """Start the testbed, or reuse the running one (reconciling the GPU node count if one is given)."""
+    started = time.monotonic()
+    with locked():
+        state = State.load()
+        if state is not None:
+            checks = health(state)
+            if all(checks.values()):
+                if gpu_nodes is not None:
+                    gpu_count = set_nodes(state, gpu_nodes)
+                    with cluster.api(Path(state.kubeconfig)) as c:
+                        cluster.wait_ready(c, state.nodes, gpu_count)
+                took = fmt_duration(time.monotonic() - started)
+                log(f"testbed already running ({len(state.nodes)} nodes); checked in {took}")
+                return testbed_of(state, started_here=False)
+            bad = ", ".join(k for k, ok in checks.items() if not ok)
+            log(f"found a broken testbed ({bad} not running): stopping what is left of it")
+            _down(state)
+        state = _start(gpu_nodes, started)
+        return testbed_of(state, started_here=True)
+
+
+def step(what: str, since: float) -> float:
+    """Log a finished step with its time; returns the new reference time."""
+    now = time.monotonic()
+    log(f"{what} ({fmt_duration(now - since)})")
+    return now
+
+
+def _start(gpu_nodes: int | None, t0: float) -> State:
+    bindir = build.ensure_built()
+    t = step("binaries ready", t0)
+    sdir = state_dir()
+    shutil.rmtree(sdir, ignore_errors=True)
+    sdir.mkdir(parents=True)
+    minio_proc, endpoint, creds_file, data_dir = start_minio(bindir / "minio", sdir, "us-east-1")
+    state = State(
+        cluster_name=cluster.CLUSTER_NAME,
+        kwok_workdir=str(sdir / "kwok"),
+        kubeconfig=str(sdir / "kubeconfig"),
+        bin_dir=str(bindir),
+        s3_endpoint=endpoint,
+        credentials_file=creds_file,
+        minio_data_dir=str(data_dir),
+        procs={"minio": minio_proc},
+        started_at=time.time(),
+        recordings_dir=str(recordings_dir()),
+    )
+    state.save()  # from here on, `down` can clean up whatever the rest of `up` leaves behind
+    try:
+        cluster.create_cluster(bindir, Path(state.kwok_workdir), Path(state.kubeconfig))
+        t = step(
+            f"kwok cluster {cluster.CLUSTER_NAME} created (etcd, kube-apiserver, kube-scheduler, "
+            f"kube-controller-manager {versions.KUBERNETES_VERSION}, kwok {versions.KWOK_VERSION})",
+            t,
+        )
+        state.procs["recording-controller"] = start_controller(state, sdir)
+        state.save()
+        gpu_count = set_nodes(state, gpu_nodes)
+        t = step(f"{len(state.nodes)} nodes created ({gpu_count} with GPUs)", t)
+        with cluster.api(Path(state.kubeconfig)) as c:
+            cluster.apply_addons(c)
+            t = step("nvidia RuntimeClass and device plugin DaemonSet applied", t)
+            wait_controller(state.procs["recording-controller"], sdir / "controller.ready")
+            cluster.wait_ready(c, state.nodes, gpu_count)
+        t = step("nodes Ready, device plugin pods Ready, recording controller watching", t)
+        wait_minio(minio_proc, endpoint)
+        step(f"MinIO ready at {endpoint}", t)
+    except BaseException:
+        log(
+            f"start failed: state kept in {sdir} (logs in {sdir}/logs and {state.kwok_workdir}); "
+            "run `python -m testbed down` to clean up"
+        )
+        raise
+    log(f"testbed up in {fmt_duration(time.monotonic() - t0)}")
+    return state
+
+
+def set_nodes(state: State, gpu_nodes: int | None) -> int:
+    """Create/delete nodes to match the wanted node list; returns how many have GPUs."""
+    specs = default_nodes(gpu_nodes)
+    with cluster.api(Path(state.kubeconfig)) as c:
+        state.nodes = cluster.reconcile_nodes(c, specs)
+    state.save()
+    return sum(1 for s in specs if s.gpus)
+
+
+def start_controller(state: State, sdir: Path) -> Proc:
+    """The recording controller runs with this interpreter, so it has the same kubernetes client."""
+    args = [
+        sys.executable,
+        "-m",
+        "testbed.controller",
+        "--kubeconfig",
+        state.kubeconfig,
+        "--cri-cache",
+        str(sdir / "cri-logs"),
+        "--ready-file",
+        str(sdir / "controller.ready"),
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    env["TESTBED_RECORDINGS_DIR"] = state.recordings_dir
+    return start(args, sdir / "logs" / "recording-controller.log", env=env)
+
+
+def wait_controller(proc: Proc, ready_file: Path, timeout: float = 60) -> None:
+    """The controller touches its ready file after its first list of probe pods."""
+    deadline = time.monotonic() + timeout
+    while not ready_file.exists():
+        if not is_alive(proc) or time.monotonic() > deadline:
+            raise TestbedError(
+                f"recording controller did not start; its log ({proc.log}):\n"
+                + Path(proc.log).read_text(errors="replace")[-3000:]
+            )
+        time.sleep(0.1)
+
+
+def down() -> bool:
+    """Stop exactly what `up` started and remove the state. False when nothing was up."""
+    with locked():
+        state = State.load()
+        if state is None:
+            log("testbed is not running")
+            return False
+        _down(state)
+        return True
+
+
+def _down(state: State) -> None:
+    t = time.monotonic()
+    problems: list[str] = []
+    for name, proc in state.procs.items():
+        if stop(proc):
+            log(f"stopped {name} (pid {proc.pid})")
+    if (Path(state.kwok_workdir) / "clusters" / state.cluster_name).exists():
+        try:
+            cluster.delete_cluster(Path(state.bin_dir), Path(state.kwok_workdir), Path(state.kubeconfig))
+            log(f"deleted kwok cluster {state.cluster_name}")
+        except TestbedError as exc:
+            problems.append(str(exc))
+    shutil.rmtree(state.minio_data_dir, ignore_errors=True)
+    if problems:
+        raise TestbedError("; ".join(problems) + f" (state kept in {state_dir()})")
+    shutil.rmtree(state_dir(), ignore_errors=True)
+    step("testbed down", t)
+
+
+def status() -> tuple[State | None, dict[str, bool]]:
+    """The saved state and the health of each part."""
+    state = State.load()
+    return state, (health(state) if state else {})

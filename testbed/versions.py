@@ -1,0 +1,57 @@
+"""Pinned versions of everything the testbed builds, and where the builds are cached.
+
+One place for the pins so that the cache key, the build and the README cannot disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+# kwok v0.8.0's default Kubernetes (sigs.k8s.io/kwok@v0.8.0/pkg/consts.KubeVersion).
+KUBERNETES_VERSION = "v1.36.1"
+# The published twins of k8s.io/kubernetes' staging modules carry the tag v0.<minor>.<patch>.
+KUBERNETES_STAGING_VERSION = "v0.36.1"
+# Release date of the tag (from the module proxy's .info), used as the binaries' buildDate.
+KUBERNETES_BUILD_DATE = "2026-05-12T09:51:33Z"
+ETCD_VERSION = "v3.6.16"
+KWOK_VERSION = "v0.8.0"
+# MinIO release tags are not semver: pin the pseudo-version of a commit (go list -m ...@latest).
+MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+
+# Shown by the device plugin DaemonSet; kwok runs no container, so the image is never pulled.
+DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.1"
+
+PINS: dict[str, str] = {
+    "kubernetes": KUBERNETES_VERSION,
+    "etcd": ETCD_VERSION,
+    "kwok": KWOK_VERSION,
+    "minio": MINIO_VERSION,
+}
+
+
+def cache_root() -> Path:
+    """Root of everything the testbed keeps outside the repo (override: TESTBED_CACHE_DIR)."""
+    override = os.environ.get("TESTBED_CACHE_DIR")
+    if override:
+        return Path(override)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "k8s-gpu-acceptance"
+
+
+def version_key() -> str:
+    """Readable cache key: a new pin means a new directory, never a stale binary."""
+    digest = hashlib.sha256(repr(sorted(PINS.items())).encode()).hexdigest()[:8]
+    return f"k8s-{KUBERNETES_VERSION}-{digest}"
+
+
+def bin_dir() -> Path:
+    """Where the built binaries live."""
+    return cache_root() / version_key() / "bin"
+
+
+def src_dir() -> Path:
+    """Where the throwaway Go modules used for building live."""
+    return cache_root() / version_key() / "src"

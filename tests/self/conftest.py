@@ -1,0 +1,58 @@
+"""Fixtures giving the self-tests the live testbed (started if needed, through the same code as `up`)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client, config
+
+from testbed import lifecycle
+from testbed.cluster import wait_for
+from testbed.errors import TestbedError
+
+RUN_ID = uuid.uuid4().hex[:8]
+LABELS = {"app.kubernetes.io/managed-by": "k8s-gpu-acceptance", "k8s-gpu-acceptance/run-id": RUN_ID}
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[lifecycle.Testbed]:
+    """The running testbed. One this session started is stopped at the end (unless TESTBED_KEEP=1);
+    one that was already running (e.g. from `make test`) is left as found."""
+    try:
+        running = lifecycle.up()
+    except TestbedError as exc:
+        pytest.fail(f"testbed: {exc}", pytrace=False)
+    yield running
+    if running.started_here and os.environ.get("TESTBED_KEEP") != "1":
+        lifecycle.down()
+
+
+@pytest.fixture(scope="session")
+def testbed_api(testbed: lifecycle.Testbed) -> Iterator[client.ApiClient]:
+    """A Kubernetes client for the testbed (never the user's default kubeconfig)."""
+    with config.new_client_from_config(config_file=str(testbed.kubeconfig)) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def testbed_namespace(request: pytest.FixtureRequest, testbed_api: client.ApiClient) -> Iterator[str]:
+    """A labelled namespace per test, with its default ServiceAccount (pods need it), deleted afterwards."""
+    core = client.CoreV1Api(testbed_api)
+    slug = request.node.name.lower().replace("_", "-")[:30].strip("-")
+    name = f"tb-{slug}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {**LABELS, "k8s-gpu-acceptance/test": slug}}})
+    try:
+        wait_for(
+            core.list_namespaced_service_account,
+            lambda sl: bool(sl.items),
+            f"ServiceAccount {name}/default",
+            60,
+            namespace=name,
+            field_selector="metadata.name=default",
+        )
+        yield name
+    finally:
+        core.delete_namespace(name)
