@@ -1,0 +1,62 @@
+"""Layer 3, scheduling: the scheduler binds the probe pod to a GPU node and its container runs."""
+
+import pytest
+
+from fixtures.checks import fail
+from fixtures.diagnosis import Diagnosis, diagnose_scheduling_failure
+
+pytestmark = [pytest.mark.gpu, pytest.mark.scheduling]
+
+
+def test_probe_pod_scheduled_onto_gpu_node_and_ran(probe_pod, cluster_facts, gpu_settings, layer_evidence):
+    layer_evidence.metrics.update(
+        pod=f"{probe_pod.namespace}/{probe_pod.name}",
+        node=probe_pod.node_name,
+        phase=probe_pod.phase,
+        scheduled_by=probe_pod.scheduled_by,
+        waited_s=probe_pod.waited_s,
+        requested_gpus=gpu_settings.gpus,
+    )
+    layer_evidence.evidence["timeline"] = "\n".join(probe_pod.timeline)
+    layer_evidence.evidence["events"] = "\n".join(probe_pod.events)
+    failure = probe_pod.failure
+    if failure is not None and failure.kind != "container":
+        fail(_why_the_pod_did_not_run(failure, gpu_settings))
+    nodes = {n.name: n for n in cluster_facts.nodes}
+    node = nodes.get(probe_pod.node_name or "")
+    if node is None or node.gpu_allocatable < gpu_settings.gpus:
+        fail(
+            Diagnosis(
+                "scheduling",
+                f"the probe pod ran on {probe_pod.node_name!r}, which does not have "
+                f"{gpu_settings.gpus} allocatable nvidia.com/gpu",
+                "the pod was placed without the scheduler's GPU accounting (nodeName set, or a custom "
+                "scheduler)",
+                "let the default scheduler place GPU pods",
+                "not-a-gpu-node",
+            )
+        )
+    if probe_pod.scheduled_by is None:
+        fail(
+            Diagnosis(
+                "scheduling",
+                f"no Scheduled event for the probe pod on {probe_pod.node_name}",
+                "the pod bypassed the scheduler",
+                "do not set nodeName on GPU pods",
+                "bypassed-scheduler",
+            )
+        )
+    if failure is not None:
+        fail(_why_the_pod_did_not_run(failure, gpu_settings))
+
+
+def _why_the_pod_did_not_run(failure, settings):
+    return diagnose_scheduling_failure(
+        failure.kind,
+        failure.reason,
+        failure.message,
+        gpus=settings.gpus,
+        selector=settings.node_selector,
+        runtime_class=settings.runtime_class,
+        image=settings.image,
+    )

@@ -1,0 +1,93 @@
+"""Diagnosis rules: each failure names what was seen, the cause and the fix."""
+
+from __future__ import annotations
+
+from fixtures.diagnosis import (
+    diagnose_device_plugin,
+    diagnose_gpu_count,
+    diagnose_probe_layer,
+    diagnose_scheduling_failure,
+)
+
+# Scheduler messages as kube-scheduler 1.36 writes them (seen on the testbed's real scheduler).
+INSUFFICIENT = (
+    "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had "
+    "untolerated taint {nvidia.com/gpu: true}, 1 Insufficient nvidia.com/gpu. preemption: 0/3 nodes "
+    "are available: 1 No preemption victims found for incoming pod, 2 Preemption is not helpful for "
+    "scheduling."
+)
+TAINT_ONLY = "0/1 nodes are available: 1 node(s) had untolerated taint {nvidia.com/gpu: true}."
+
+
+def _sched(kind, message, **kw):
+    args = {"gpus": 1, "selector": {}, "runtime_class": None, "image": "img"} | kw
+    return diagnose_scheduling_failure(kind, "Unschedulable", message, **args)
+
+
+def test_insufficient_gpus_is_named():
+    d = _sched("unschedulable", INSUFFICIENT, gpus=64)
+    assert "64 free nvidia.com/gpu" in d.cause
+    assert "insufficient-gpu" in d.rule
+
+
+def test_untolerated_taint_names_the_toleration_to_add():
+    d = _sched("unschedulable", TAINT_ONLY)
+    assert "{nvidia.com/gpu: true}" in d.cause
+    assert "--toleration nvidia.com/gpu=true:NoSchedule" in d.fix
+
+
+def test_missing_runtime_class_and_handler():
+    d = _sched("rejected", 'pod rejected: RuntimeClass "nvidia" not found', runtime_class="nvidia")
+    assert d.rule == "runtimeclass-missing"
+    d = _sched(
+        "sandbox",
+        'failed to get sandbox runtime: no runtime for "nvidia" is configured',
+        runtime_class="nvidia",
+    )
+    assert d.rule == "runtime-handler-missing"
+
+
+def test_image_pull():
+    d = _sched("image", "Back-off pulling image", image="registry.example/none:1")
+    assert "registry.example/none:1" in d.cause and "--image-pull-secret" in d.fix
+
+
+def test_device_plugin_rules():
+    ds = [
+        {
+            "namespace": "kube-system",
+            "name": "nvidia-device-plugin-daemonset",
+            "ready": 2,
+            "desired": 2,
+            "image": "x",
+        }
+    ]
+    assert diagnose_device_plugin(ds, {"n1": (1, 1), "n8": (8, 8)}, {"n1", "n8"}, None) is None
+    assert diagnose_device_plugin([], {"n1": (1, 1)}, set(), None).rule == "plugin-missing"
+    short = diagnose_device_plugin(ds, {"n1": (1, 1), "n8": (8, 6)}, {"n1", "n8"}, None)
+    assert short.rule == "gpu-unhealthy" and "n8: capacity 8, allocatable 6 (2 missing)" in short.seen
+    assert diagnose_device_plugin(ds, {"n1": (1, 1), "n9": (1, 1)}, {"n1"}, None).rule == "plugin-not-on-node"
+    unready = [{**ds[0], "ready": 1}]
+    assert diagnose_device_plugin(unready, {"n1": (1, 1)}, {"n1"}, None).rule == "plugin-unready"
+
+
+def test_no_devices_in_pod_without_runtime_class_points_at_runtime_class():
+    layer = {
+        "status": "fail",
+        "error": "no /dev/nvidia* device nodes; NVML: libnvidia-ml.so.1 not found",
+        "diagnosis": None,
+    }
+    d = diagnose_probe_layer(
+        "driver", layer, target="k8s", runtime_class=None, env={"NVIDIA_VISIBLE_DEVICES": "GPU-1"}
+    )
+    assert d.rule == "runtime-class-missing" and "--runtime-class nvidia" in d.fix
+    local = diagnose_probe_layer("driver", layer, target="local", runtime_class=None, env={})
+    assert local.rule == "no-driver-local"
+
+
+def test_seeing_more_gpus_than_requested_is_an_isolation_problem():
+    d = diagnose_gpu_count("driver", 8, 1, "all")
+    assert (
+        d.rule == "sees-extra-gpus"
+        and "accept-nvidia-visible-devices-envvar-when-unprivileged=false" in d.fix
+    )
