@@ -13,9 +13,12 @@ $(PY):
 	@echo "[make] creating $(VENV) with $$($(PYTHON) --version)"
 	$(PYTHON) -m venv $(VENV)
 
+# uv resolves and installs in about a minute; pip's resolver was seen backtracking through boto3 releases
+# for over 15 minutes on this dependency set. uv itself comes from PyPI into the venv.
 $(STAMP): pyproject.toml | $(PY)
-	@echo "[make] installing the project with its dev extras into $(VENV) (progress below)"
-	$(PY) -m pip install --progress-bar off -e '.[dev]'
+	@echo "[make] installing uv, then the project with its dev extras into $(VENV)"
+	$(PY) -m pip install --quiet --progress-bar off 'uv>=0.5'
+	$(VENV)/bin/uv pip install --python $(PY) -e '.[dev]'
 	@touch $(STAMP)
 
 test: $(STAMP)
