@@ -41,4 +41,7 @@ status: $(STAMP)
 env: $(STAMP)
 	@$(PY) -m testbed env
 
-# acceptance: written by the suite engineer (runs tests/gpu against a real cluster or the testbed).
+# `make acceptance`: install, then the acceptance layers against the current kubeconfig (or this host when
+# there is none). Pass options through ARGS, e.g. make acceptance ARGS="--gpus=2 --runtime-class=nvidia".
+acceptance: $(STAMP)
+	$(PY) -m pytest -m gpu $(ARGS)
