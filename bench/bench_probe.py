@@ -48,7 +48,7 @@ def main() -> int:
     floor = min(floors)
     best = min(r[0] for r in runs)
     document = json.loads(runs[-1][2]) if runs[-1][2].strip().startswith("{") else {}
-    layers = {n: round(l.get("duration_s", 0), 2) for n, l in (document.get("layers") or {}).items()}
+    layers = {n: round(entry.get("duration_s", 0), 2) for n, entry in (document.get("layers") or {}).items()}
     print(f"import floor (torch + transformers): best {floor:.2f} s of {args.repeats}")
     print(
         f"probe whole run ({args.model}):       best {best:.2f} s of {args.repeats}, "
