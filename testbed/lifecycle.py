@@ -76,7 +76,7 @@ def health(state: State) -> dict[str, bool]:
     out = {f"{name} (pid {pid})": pid_alive(pid) for name, pid in kwok_pids(state).items()}
     if not out:
         out["kwok cluster"] = False
-    out["kube-apiserver /readyz"] = cluster.apiserver_ready(Path(state.kubeconfig))
+    out["kube-apiserver (API read)"] = cluster.apiserver_ready(Path(state.kubeconfig))
     for name, proc in state.procs.items():
         out[f"{name} (pid {proc.pid})"] = is_alive(proc)
     out[f"minio {state.s3_endpoint}"] = minio_ready(state.s3_endpoint)
