@@ -96,7 +96,7 @@ def api(kubeconfig: Path) -> client.ApiClient:
 
 
 def apiserver_ready(kubeconfig: Path) -> bool:
-    """The apiserver answers a read that needs etcd (a portable stand-in for /readyz across client versions)."""
+    """The apiserver answers a read that needs etcd (portable across client versions, unlike /readyz)."""
     try:
         with api(kubeconfig) as c:
             client.CoreV1Api(c).list_namespace(limit=1, _request_timeout=5)
