@@ -1,0 +1,336 @@
+"""Sharing: several containers of one pod, time-slicing, MPS and MIG, each measured where configured.
+
+Not a layer of the chain; each test skips with the reason when the cluster has no such configuration.
+Time-slicing runs the probe alone on a time-sliced node (the exclusive figure), then `replicas` probe pods
+at one shared instant (fixtures/sync_start.py) and checks they ran at once, on one UUID, each with a share
+of 0.5x..1.5x of 1/N of the exclusive bf16 TFLOP/s.
+"""
+
+import time
+
+import pytest
+from kubernetes import client
+
+from fixtures.checks import fail
+from fixtures.cluster import REQUEST_TIMEOUT
+from fixtures.diagnosis import (
+    Diagnosis,
+    diagnose_mig_memory,
+    diagnose_multi_container,
+    diagnose_pod_did_not_run,
+    diagnose_time_slicing,
+)
+from fixtures.probe import read_document
+from fixtures.sharing import (
+    MAX_REPLICAS,
+    add_shared_container,
+    common_window_s,
+    detect_sharing,
+    eligible_gpu_nodes,
+    gpu_sight,
+    is_replayed,
+    mig_memory_ok,
+    mig_resources,
+    open_scenario,
+    parse_mig_profile,
+    record,
+    run_window,
+    scenario_pod,
+    shares,
+    tolerated,
+)
+
+pytestmark = [pytest.mark.gpu, pytest.mark.sharing]
+START_LEAD_S = 40  # replicas start this long after creation: pull (cached by the exclusive run) + import
+
+
+@pytest.fixture(scope="module")
+def sharing_pods(request, cluster_connection):
+    pods = open_scenario(request, cluster_connection, "share")
+    pods.setup()
+    return pods
+
+
+def _run(pods, pod, containers=("probe",)):
+    """Create one scenario pod, wait, and return its documents per container (fails with a diagnosis)."""
+    name = pod["metadata"]["name"]
+    pods.create(pod)
+    return _collect(pods, name, containers)
+
+
+def _collect(pods, name, containers=("probe",)):
+    result, logs = pods.run_probe(name, containers)
+    where = f"pod {pods.namespace}/{name} on {result.node_name or '?'}"
+    documents = {}
+    for container in containers:
+        document, error = read_document(logs[container], where) if container in logs else (None, None)
+        if document is None:
+            failure = result.failure
+            if failure is not None:
+                fail(
+                    diagnose_pod_did_not_run("sharing", where, failure.kind, failure.reason, failure.message)
+                )
+            fail(
+                diagnose_pod_did_not_run(
+                    "sharing", f"{where}, container {container}", "output", "", error or "no log"
+                )
+            )
+        documents[container] = document
+    return result, documents
+
+
+def _pod(pods, settings, name, **kwargs):
+    return scenario_pod(
+        settings, pods.run_id, pods.namespace, name, pods.base.configmap_name, pods.items, **kwargs
+    )
+
+
+def test_containers_of_one_pod_on_one_gpu(request, sharing_pods, cluster_facts, gpu_settings):
+    nodes = eligible_gpu_nodes(cluster_facts.nodes, gpu_settings)
+    if not nodes:
+        pytest.skip("multi-container: no Ready GPU node that the suite's pods may land on")
+    name = sharing_pods.name("gpu-multi")
+    pod = _pod(sharing_pods, gpu_settings, name, scenario="multi-container", layers="driver,nvidia_smi")
+    add_shared_container(pod, "shared", "driver,nvidia_smi")
+    result, docs = _run(sharing_pods, pod, ("probe", "shared"))
+    gpu, other = gpu_sight(docs["probe"]), gpu_sight(docs["shared"])
+    seen = {"probe (requests nvidia.com/gpu)": list(gpu.uuids), "shared (no request)": list(other.uuids)}
+    mode = (
+        "not shared: only the requesting container sees the GPU"
+        if not other.sees_gpu
+        else "shared: the other container sees the same GPU"
+        if set(other.uuids) <= set(gpu.uuids)
+        else "foreign GPU"
+    )
+    record(request, "multi_container", {"node": result.node_name, "uuids_seen": seen, "mode": mode})
+    if not gpu.sees_gpu or mode == "foreign GPU":
+        fail(diagnose_multi_container("probe", gpu.describe(), "shared", other.describe()))
+
+
+def _time_sliced(cluster_facts, settings):
+    configs = [detect_sharing(n) for n in cluster_facts.gpu_nodes]
+    sliced = [c for c in configs if c.strategy == "time-slicing"]
+    if not sliced:
+        pytest.skip(
+            "time-slicing: no GPU node shows it (labels nvidia.com/gpu.sharing-strategy=time-slicing, "
+            "nvidia.com/gpu.replicas>1, nvidia.com/gpu.product *-SHARED, "
+            "or allocatable > nvidia.com/gpu.count) "
+            f"among {len(configs)} GPU node(s)"
+        )
+    usable = {n.name for n in eligible_gpu_nodes(cluster_facts.nodes, settings)}
+    for config in sliced:
+        if config.node in usable:
+            return config
+    taints = {n.name: n.taints for n in cluster_facts.gpu_nodes}
+    pytest.skip(
+        "time-slicing: the time-sliced node(s) "
+        + ", ".join(f"{c.node} (taints {taints[c.node]})" for c in sliced)
+        + " do not accept the suite's pods: pass --toleration / --node-selector for them"
+    )
+
+
+def test_time_slicing_replicas_share_one_gpu(request, sharing_pods, cluster_facts, gpu_settings):
+    config = _time_sliced(cluster_facts, gpu_settings)
+    n = min(config.replicas, MAX_REPLICAS, config.allocatable)
+    layers = "driver,gpu_perf"
+    excl_name = sharing_pods.name("gpu-ts-excl")
+    excl_pod = _pod(
+        sharing_pods, gpu_settings, excl_name, scenario="timeslice-exclusive", layers=layers, node=config.node
+    )
+    _result, excl_docs = _run(sharing_pods, excl_pod)
+    exclusive = ((excl_docs["probe"]["layers"].get("gpu_perf") or {}).get("metrics") or {}).get("bf16_tflops")
+    if not exclusive:
+        fail(
+            diagnose_time_slicing(
+                config.node, "no-figure", "the exclusive run measured no bf16 TFLOP/s", n, config.evidence
+            )
+        )
+    start_at = int(time.time() + START_LEAD_S) + 0.5  # mid-second: started_at (1 s resolution) agrees
+    names = [sharing_pods.name(f"gpu-ts-{i}") for i in range(n)]
+    for i, name in enumerate(names):
+        sharing_pods.create(
+            _pod(
+                sharing_pods,
+                gpu_settings,
+                name,
+                scenario=f"timeslice-{n}-{i}",
+                layers=layers,
+                node=config.node,
+                synced_start=start_at,
+            )
+        )
+    docs = {name: _collect(sharing_pods, name)[1]["probe"] for name in names}
+    figures = []
+    for name, doc in docs.items():
+        perf = (doc["layers"].get("gpu_perf") or {}).get("metrics") or {}
+        if not perf.get("bf16_tflops"):
+            fail(
+                diagnose_time_slicing(
+                    config.node, "no-figure", f"{name}: gpu_perf measured nothing", n, config.evidence
+                )
+            )
+        uuids = gpu_sight(doc).uuids
+        figures.append((name, uuids[0] if uuids else "?", float(perf["bf16_tflops"])))
+    overlap = common_window_s([run_window(doc) for doc in docs.values()])
+    measured = shares(float(exclusive), figures)
+    entry = {
+        "node": config.node,
+        "detected_by": list(config.evidence),
+        "replicas": n,
+        "exclusive_bf16_tflops": exclusive,
+        "all_running_together_s": round(overlap, 1),
+        "shares": [
+            {
+                "pod": s.pod,
+                "uuid": s.uuid,
+                "tflops": s.tflops,
+                "share": s.share,
+                "expected": s.expected,
+                "ok": s.ok,
+            }
+            for s in measured
+        ],
+        "tolerance": "0.5x..1.5x of 1/N",
+    }
+    record(request, "time_slicing", entry)
+    if overlap <= 0:
+        fail(
+            diagnose_time_slicing(
+                config.node, "not-concurrent", f"no instant when all {n} ran", n, config.evidence
+            )
+        )
+    distinct = sorted({uuid for _n, uuid, _t in figures})
+    if config.physical == 1 and len(distinct) > 1:
+        fail(diagnose_time_slicing(config.node, "uuids", ", ".join(distinct), n, config.evidence))
+    bad = [s for s in measured if not s.ok]
+    if bad:
+        detail = "; ".join(
+            f"{s.pod}: {s.tflops:g} TFLOP/s = {s.share:.2f} of exclusive {exclusive:g} "
+            f"(expected {s.expected:.2f})"
+            for s in bad
+        )
+        fail(diagnose_time_slicing(config.node, "share", detail, n, config.evidence))
+    print(
+        f"time-slicing on {config.node}: {n} replicas on {', '.join(distinct)}, shares "
+        + ", ".join(f"{s.share:.2f}" for s in measured)
+        + f" of exclusive {exclusive:g} TFLOP/s (expected {1 / n:.2f} each)"
+    )
+
+
+def _mps_config(cluster_facts):
+    for node in cluster_facts.gpu_nodes:
+        config = detect_sharing(node)
+        if config.strategy == "mps":
+            return config
+    pytest.skip("mps: no GPU node has nvidia.com/gpu.sharing-strategy=mps")
+
+
+def test_mps_client_sees_its_share(request, sharing_pods, cluster_facts, gpu_settings):
+    config = _mps_config(cluster_facts)
+    if config.node not in {n.name for n in eligible_gpu_nodes(cluster_facts.nodes, gpu_settings)}:
+        pytest.skip(f"mps: node {config.node} does not accept the suite's pods (taints/selector)")
+    name = sharing_pods.name("gpu-mps")
+    pod = _pod(sharing_pods, gpu_settings, name, scenario="mps", layers="driver,torch_cuda", node=config.node)
+    _result, docs = _run(sharing_pods, pod)
+    sight = gpu_sight(docs["probe"])
+    devices = ((docs["probe"]["layers"].get("torch_cuda") or {}).get("metrics") or {}).get("devices") or []
+    record(
+        request,
+        "mps",
+        {
+            "node": config.node,
+            "replicas": config.replicas,
+            "expected_active_thread_percentage": round(100 / config.replicas, 1),
+            "sees": sight.describe(),
+            "torch_total_memory_mib": [d.get("total_memory_mib") for d in devices],
+        },
+    )
+    if not sight.sees_gpu:
+        fail(
+            Diagnosis(
+                "sharing",
+                f"an MPS client pod on {config.node} sees {sight.describe()}",
+                "the device plugin's MPS control daemon is not running on the node, so clients get no GPU",
+                "kubectl -n <device plugin namespace> get pods -o wide | grep mps-control-daemon; its logs",
+                "mps-no-gpu",
+            )
+        )
+
+
+def test_mps_client_cannot_exceed_memory_limit(cluster_facts):
+    _mps_config(cluster_facts)
+    pytest.skip(
+        "mps: the memory-limit check needs a real MPS control daemon and a probe that allocates past "
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT; neither the testbed nor the probe has one yet "
+        "(see docs/sharing.md)"
+    )
+
+
+@pytest.fixture(scope="module")
+def mig_run(request, sharing_pods, cluster_connection, cluster_facts, gpu_settings):
+    """One pod given one MIG slice, through the real scheduler."""
+    facts = {n.name: n for n in cluster_facts.nodes}
+    nodes = client.CoreV1Api(cluster_connection.api).list_node(_request_timeout=REQUEST_TIMEOUT).items
+    for node in sorted(nodes, key=lambda n: n.metadata.name):
+        slices = mig_resources(node.status.allocatable or {})
+        fact = facts.get(node.metadata.name)
+        if slices and fact is not None and tolerated(fact.taints, gpu_settings.tolerations):
+            resource = sorted(slices)[0]
+            break
+    else:
+        pytest.skip("mig: no node that accepts the suite's pods advertises nvidia.com/mig-* resources")
+    name = sharing_pods.name("gpu-mig")
+    profile = parse_mig_profile(resource)
+    pod = _pod(
+        sharing_pods,
+        gpu_settings,
+        name,
+        scenario=f"mig-{resource.removeprefix('nvidia.com/mig-')}",
+        layers="driver,nvidia_smi,torch_cuda",
+        node=node.metadata.name,
+        resource=resource,
+    )
+    result, docs = _run(sharing_pods, pod)
+    return node.metadata.name, resource, profile, result, docs["probe"]
+
+
+def test_mig_slice_is_scheduled(request, mig_run):
+    node, resource, _profile, result, _doc = mig_run
+    record(
+        request,
+        "mig",
+        {"node": node, "resource": resource, "ran_on": result.node_name, "scheduled_by": result.scheduled_by},
+    )
+    if result.node_name != node or result.scheduled_by is None:
+        fail(
+            Diagnosis(
+                "sharing",
+                f"the pod requesting {resource} ran on {result.node_name!r} "
+                f"(scheduled by {result.scheduled_by})",
+                "the pod was not placed by the scheduler on the node advertising the slice",
+                "do not set nodeName; check the node's allocatable MIG resources",
+                "mig-scheduling",
+            )
+        )
+
+
+def test_mig_memory_matches_profile(request, mig_run):
+    _node, resource, profile, result, doc = mig_run
+    if profile is None:
+        pytest.skip(f"mig: {resource} does not name a profile this suite can parse (<N>g.<M>gb)")
+    if is_replayed(doc, result.name):
+        pytest.skip(
+            f"mig: the probe document of {result.name} was not measured by that pod (identity.pod_name="
+            f"{(doc.get('identity') or {}).get('pod_name')!r}): a replayed recording; there is no real MIG "
+            "recording because MIG cannot be enabled on the H100 host at hand"
+        )
+    devices = ((doc["layers"].get("torch_cuda") or {}).get("metrics") or {}).get("devices") or []
+    seen = float(devices[0].get("total_memory_mib") or 0) if devices else 0.0
+    ok, ratio = mig_memory_ok(profile, seen)
+    record(
+        request,
+        "mig.memory",
+        {"resource": resource, "seen_mib": seen, "profile_gb": profile.memory_gb, "ratio": ratio},
+    )
+    if not ok:
+        fail(diagnose_mig_memory(resource, seen, profile.memory_gb, ratio))
