@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
-from fixtures.s3 import make_client, upload_reports
+from fixtures.s3 import upload_reports
 from fixtures.settings import Settings
 
 WHEN = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.timezone.utc)
@@ -30,12 +31,23 @@ def s3_env(testbed: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return {var: env[var] for var in S3_VARS}
 
 
+def admin_client(s3_env: dict[str, str]) -> Any:
+    """A client with the testbed's credentials passed explicitly, whatever a test did to the env."""
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"],
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+        region_name=s3_env["AWS_DEFAULT_REGION"],
+    )
+
+
 @pytest.fixture
 def bucket(s3_env: dict[str, str]) -> Iterator[str]:
     """A fresh bucket name (not created: the upload must create it); emptied and removed afterwards."""
     name = f"gpu-acc-selftest-{uuid.uuid4().hex[:10]}"
     yield name
-    client = make_client(Settings(s3_endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"]))
+    client = admin_client(s3_env)
     try:
         for item in client.list_objects_v2(Bucket=name).get("Contents", []):
             client.delete_object(Bucket=name, Key=item["Key"])
@@ -78,7 +90,7 @@ def test_upload_creates_the_bucket_and_the_keys_and_moves_latest(s3_env, bucket,
         "nightly/2026-11-22/run-a/report.json",
         "nightly/2026-11-22/run-a/junit.xml",
     )
-    client = make_client(settings)
+    client = admin_client(s3_env)
     for key, ctype, path in zip(
         first.keys, ("text/html", "application/json", "application/xml"), reports, strict=True
     ):
@@ -115,6 +127,7 @@ def test_wrong_credentials_give_a_clear_line_without_the_secret(s3_env, bucket, 
     result = upload_reports(reports[0].parent, reports, settings, "run-a", WHEN)
     assert not result.ok and "InvalidAccessKeyId" in result.error and "AWS_ACCESS_KEY_ID" in result.error
     assert wrong_secret not in result.error
+    assert bucket not in [b["Name"] for b in admin_client(s3_env).list_buckets()["Buckets"]]
 
 
 def test_wrong_endpoint_fails_fast_and_leaves_the_files(s3_env, bucket, reports):

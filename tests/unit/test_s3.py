@@ -280,3 +280,11 @@ def test_missing_credentials_are_named(monkeypatch, reports, tmp_path):
         reports[0].parent, reports, Settings(s3_endpoint_url=ENDPOINT, s3_bucket="reports"), "run-1", WHEN
     )
     assert not result.ok and result.error.startswith("no S3 credentials found")
+
+
+def test_an_endpoint_from_aws_endpoint_url_s3_is_used_and_named(monkeypatch, reports):
+    """Settings built without an endpoint: boto3 resolves AWS_ENDPOINT_URL_S3, and the error names it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", ENDPOINT)
+    result = upload_reports(reports[0].parent, reports, Settings(s3_bucket="reports"), "run-1", WHEN)
+    assert not result.ok
+    assert result.error.startswith("cannot connect to S3 endpoint http://127.0.0.1:9 (connection refused")
