@@ -4,10 +4,11 @@ kwok runs no container, and its ClusterLogs select pods by namespace/name only. 
 process (started by `python -m testbed up`, PID tracked, stopped by `down`) watches pods labelled
 `k8s-gpu-acceptance/role=probe` and, for each one that kwok has made Running:
 
-1. picks the recording (annotation `testbed.k8s-gpu-acceptance.io/recording`, default `h100` for a GPU pod,
-   else `cpu`) from the recordings directory;
+1. picks the recording of each container (annotation `testbed.k8s-gpu-acceptance.io/recording`; else a
+   recording named by the suite's `k8s-gpu-acceptance/scenario` annotation, `<scenario>-<container>` or
+   `<scenario>`, when one exists; else `h100` for a container requesting `nvidia.com/gpu`, else `cpu`);
 2. creates a kwok `Logs` object named like the pod (owned by it, so the garbage collector removes it) that
-   points at a CRI-format copy of the recording;
+   points each container at a CRI-format copy of its recording;
 3. waits until `pods/log` through the real apiserver returns the recording, then annotates the pod
    `.../logs-ready=true`; only then does the kwok Stage move the pod to Succeeded.
 
@@ -28,7 +29,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from testbed.recordings import cri_log_file, recording_name, recording_path, recordings_dir
+from testbed.recordings import container_recordings, cri_log_file, recording_path, recordings_dir
 from testbed.stages import LOGS_READY_ANNOTATION, PROBE_LABEL, PROBE_VALUE, RECORDING_ERROR_ANNOTATION
 
 LOG = logging.getLogger("testbed.controller")
@@ -66,15 +67,21 @@ class RecordingController:
         ns, name = pod.metadata.namespace, pod.metadata.name
         try:
             spec = self.api_client.sanitize_for_serialization(pod.spec)
-            chosen = recording_name(pod.metadata.annotations, spec)
-            path = recording_path(chosen)
-            if not path.is_file():
-                message = f"testbed: recording {chosen!r} not found ({path})"
+            chosen = container_recordings(pod.metadata.annotations, spec)
+            paths = {container: recording_path(rec) for container, rec in chosen.items()}
+            missing = sorted({str(p) for p in paths.values() if not p.is_file()})
+            if missing:
+                message = (
+                    "testbed: recording "
+                    + ", ".join(repr(r) for r in sorted(set(chosen.values())))
+                    + f" not found ({', '.join(missing)})"
+                )
                 LOG.warning("%s/%s: %s", ns, name, message)
                 self.annotate(ns, name, RECORDING_ERROR_ANNOTATION, message)
                 return
-            self.put_logs(pod, cri_log_file(path, self.cri_cache))
-            self.wait_served(ns, name, pod.spec.containers[0].name, path.read_bytes())
+            self.put_logs(pod, {c: cri_log_file(p, self.cri_cache) for c, p in paths.items()})
+            for container, path in paths.items():
+                self.wait_served(ns, name, container, path.read_bytes())
             self.annotate(ns, name, LOGS_READY_ANNOTATION, "true")
             LOG.info("%s/%s: log is recording %r", ns, name, chosen)
         except Exception:
@@ -82,8 +89,8 @@ class RecordingController:
             with self.lock:
                 self.seen.discard(pod.metadata.uid)
 
-    def put_logs(self, pod: client.V1Pod, logs_file: Path) -> None:
-        """Create (or repoint) the kwok Logs object of this pod."""
+    def put_logs(self, pod: client.V1Pod, logs_files: dict[str, Path]) -> None:
+        """Create (or repoint) the kwok Logs object of this pod: one entry per container."""
         ns, name = pod.metadata.namespace, pod.metadata.name
         body: dict[str, Any] = {
             "apiVersion": f"{KWOK_GROUP}/{KWOK_VERSION}",
@@ -96,7 +103,12 @@ class RecordingController:
                     {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod.metadata.uid}
                 ],
             },
-            "spec": {"logs": [{"logsFile": str(logs_file), "follow": False}]},
+            "spec": {
+                "logs": [
+                    {"containers": [container], "logsFile": str(path), "follow": False}
+                    for container, path in logs_files.items()
+                ]
+            },
         }
         try:
             self.custom.create_namespaced_custom_object(KWOK_GROUP, KWOK_VERSION, ns, LOGS_PLURAL, body)

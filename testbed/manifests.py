@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from testbed.nodes import SCENARIO_TAINT_KEY
 from testbed.versions import DEVICE_PLUGIN_IMAGE
 
 DEVICE_PLUGIN_NAME = "nvidia-device-plugin-daemonset"
@@ -30,7 +31,11 @@ def device_plugin_daemonset() -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": dict(DEVICE_PLUGIN_SELECTOR)},
                 "spec": {
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                        # The testbed's sharing/MIG scenario nodes (testbed/nodes.py) need their plugin too.
+                        {"key": SCENARIO_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
+                    ],
                     "priorityClassName": "system-node-critical",
                     "affinity": {
                         "nodeAffinity": {

@@ -6,6 +6,7 @@ GPU nodes carry the labels GPU Feature Discovery puts on the real H100 host.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ H100_GFD_LABELS: dict[str, str] = {
 }
 
 GPU_TAINT: dict[str, str] = {"key": GPU_RESOURCE, "value": "true", "effect": "NoSchedule"}
+# Scenario nodes (sharing/MIG) carry this taint, so pods that do not tolerate it (every default self-test and
+# default suite run) never land there and the default scheduling (1-GPU pod -> gpu-node-1) is unchanged.
+SCENARIO_TAINT_KEY = "testbed.k8s-gpu-acceptance.io/scenario"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class NodeSpec:
     instance_type: str = "cpu"
     labels: dict[str, str] = field(default_factory=dict)
     taints: tuple[dict[str, str], ...] = ()
+    extended: dict[str, str] = field(default_factory=dict)  # more resources, e.g. nvidia.com/mig-1g.10gb
 
     def manifest(self) -> dict[str, Any]:
         """The Node object; kwok's node-initialize stage keeps the capacity/allocatable set here."""
@@ -61,6 +66,7 @@ class NodeSpec:
             resources[GPU_RESOURCE] = str(self.gpus)
             labels.update(H100_GFD_LABELS)
             labels["nvidia.com/gpu.count"] = str(self.gpus)
+        resources.update(self.extended)
         labels.update(self.labels)
         return {
             "apiVersion": "v1",
@@ -99,4 +105,47 @@ def default_nodes(gpu_nodes: int | None = None) -> list[NodeSpec]:
     if count < 8:  # gpu-node-8 is the 8-GPU node unless N identical nodes already took that name
         nodes.append(gpu_node("gpu-node-8", 8, taints=(GPU_TAINT,)))
     nodes.append(NodeSpec(name="cpu-node"))
-    return nodes
+    return nodes + scenario_nodes()
+
+
+def scenario_taint(scenario: str) -> dict[str, str]:
+    return {"key": SCENARIO_TAINT_KEY, "value": scenario, "effect": "NoSchedule"}
+
+
+def scenario_nodes() -> list[NodeSpec]:
+    """GPU sharing as the device plugin and GPU Feature Discovery advertise it, one tainted node each.
+
+    gpu-node-ts: one H100 time-sliced into 4 replicas (allocatable 4, labels as GFD sets them);
+    gpu-node-mps: one H100 shared by MPS, 2 replicas; gpu-node-mig: mixed MIG strategy, one whole H100
+    (nvidia.com/gpu 1) and one partitioned into 7 x nvidia.com/mig-1g.10gb.
+    """
+    shared = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-SHARED", "nvidia.com/gpu.count": "1"}
+    ts = gpu_node("gpu-node-ts", 1, taints=(scenario_taint("time-slicing"),))
+    mps = gpu_node("gpu-node-mps", 1, taints=(scenario_taint("mps"),))
+    mig = gpu_node("gpu-node-mig", 1, taints=(scenario_taint("mig"),))
+    return [
+        dataclasses.replace(
+            ts,
+            gpus=4,
+            labels={
+                **shared,
+                "nvidia.com/gpu.sharing-strategy": "time-slicing",
+                "nvidia.com/gpu.replicas": "4",
+            },
+        ),
+        dataclasses.replace(
+            mps,
+            gpus=2,
+            labels={**shared, "nvidia.com/gpu.sharing-strategy": "mps", "nvidia.com/gpu.replicas": "2"},
+        ),
+        dataclasses.replace(
+            mig,
+            extended={"nvidia.com/mig-1g.10gb": "7"},
+            labels={
+                "nvidia.com/mig.strategy": "mixed",
+                "nvidia.com/mig.capable": "true",
+                "nvidia.com/mig-1g.10gb.count": "7",
+                "nvidia.com/mig-1g.10gb.memory": "9984",
+            },
+        ),
+    ]

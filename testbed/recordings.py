@@ -44,6 +44,36 @@ def recording_name(annotations: Mapping[str, str] | None, pod_spec: Mapping[str,
     return "h100" if requests_gpu(pod_spec) else "cpu"
 
 
+SCENARIO_ANNOTATION = "k8s-gpu-acceptance/scenario"
+
+
+def container_recordings(
+    annotations: Mapping[str, str] | None, pod_spec: Mapping[str, Any], directory: Path | None = None
+) -> dict[str, str]:
+    """The recording of each container, so several containers of one pod can print different logs.
+
+    The recording annotation wins for every container; else the suite's scenario annotation names one
+    (`<scenario>-<container>`, then `<scenario>`) when such a recording exists; else `h100` for a container
+    that requests nvidia.com/gpu and `cpu` for any other.
+    """
+    chosen = (annotations or {}).get(RECORDING_ANNOTATION)
+    scenario = (annotations or {}).get(SCENARIO_ANNOTATION)
+    out: dict[str, str] = {}
+    for container in pod_spec.get("containers") or []:
+        name = str(container.get("name"))
+        if chosen:
+            out[name] = chosen
+            continue
+        candidates = [f"{scenario}-{name}", scenario] if scenario else []
+        found = [c for c in candidates if _safe(c) and recording_path(c, directory).is_file()]
+        out[name] = found[0] if found else ("h100" if requests_gpu({"containers": [container]}) else "cpu")
+    return out
+
+
+def _safe(name: str) -> bool:
+    return bool(name) and "/" not in name and not name.startswith(".")
+
+
 def recording_path(name: str, directory: Path | None = None) -> Path:
     """`<dir>/<name>.log`; a name that tries to leave the directory is refused."""
     if not name or "/" in name or name.startswith("."):
