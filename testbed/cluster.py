@@ -77,6 +77,8 @@ def create_cluster(bindir: Path, workdir: Path, kubeconfig: Path) -> None:
             # Namespaced Logs objects are how the recording controller attaches a recording to one pod.
             "--enable-crds",
             "Logs",
+            # A test cluster: no client-side rate limits (1000 nodes get their DaemonSet pods fast).
+            "--disable-qps-limits",
             "--wait",
             CREATE_TIMEOUT,
             "--timeout",
@@ -188,19 +190,37 @@ def node_ready(node: client.V1Node) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
 
 
+def wait_nodes_ready(core: client.CoreV1Api, names: set[str], timeout: float) -> None:
+    """List once, then follow the watch node by node (re-listing 1000 nodes on every event is quadratic)."""
+    deadline = time.monotonic() + timeout
+    listed = core.list_node()
+    ready = {n.metadata.name for n in listed.items if node_ready(n)}
+    version = listed.metadata.resource_version
+    while not names <= ready:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            missing = sorted(names - ready)
+            raise TestbedError(f"{len(missing)} nodes not Ready after {timeout:.0f}s, e.g. {missing[:5]}")
+        for event in watch.Watch().stream(
+            core.list_node, resource_version=version, timeout_seconds=max(1, int(min(remaining, 30)))
+        ):
+            node = event["object"]
+            version = node.metadata.resource_version
+            if event["type"] != "DELETED" and node_ready(node):
+                ready.add(node.metadata.name)
+            else:
+                ready.discard(node.metadata.name)
+            if names <= ready:
+                return
+
+
 def wait_ready(
     api_client: client.ApiClient, node_names: list[str], gpu_nodes: int, timeout: float = 300
 ) -> None:
     """All testbed nodes Ready, one device plugin pod Ready per GPU node, and the default ServiceAccount."""
     core = client.CoreV1Api(api_client)
     apps = client.AppsV1Api(api_client)
-    names = set(node_names)
-    wait_for(
-        core.list_node,
-        lambda nl: names <= {n.metadata.name for n in nl.items if node_ready(n)},
-        f"{len(names)} nodes Ready",
-        timeout,
-    )
+    wait_nodes_ready(core, set(node_names), timeout)
 
     def plugin_ready(dsl: Any) -> bool:
         st = dsl.items[0].status if dsl.items else None

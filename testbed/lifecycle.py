@@ -96,7 +96,7 @@ def up(gpu_nodes: int | None = None) -> Testbed:
                     with cluster.api(Path(state.kubeconfig)) as c:
                         cluster.wait_ready(c, state.nodes, gpu_count)
                 took = fmt_duration(time.monotonic() - started)
-                log(f"testbed already running ({len(state.nodes)} nodes); checked in {took}")
+                log(f"testbed already running ({len(state.nodes)} nodes Ready); up took {took}")
                 return testbed_of(state, started_here=False)
             bad = ", ".join(k for k, ok in checks.items() if not ok)
             log(f"found a broken testbed ({bad} not running): stopping what is left of it")
