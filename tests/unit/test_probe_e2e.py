@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -66,10 +67,35 @@ def test_cpu_machine_end_to_end_with_tiny_random_gpt2() -> None:
     assert "ran on the CPU" in gpt2["diagnosis"]["cause"]
 
 
-@pytest.mark.skipif(shutil.which("python3.8") is None, reason="no python3.8 on PATH")
+def _working_python38() -> str | None:
+    """A Python 3.8 that really runs: pyenv's `python3.8` shim on PATH fails unless 3.8 is active."""
+    candidates = [
+        shutil.which("python3.8"),
+        *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8"))),
+    ]
+    for candidate in filter(None, candidates):
+        try:
+            done = subprocess.run(
+                [candidate, "-S", "-c", "import sys; print(sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0 and done.stdout.strip() == "(3, 8)":
+            return candidate
+    return None
+
+
+PYTHON38 = _working_python38()
+
+
+@pytest.mark.skipif(PYTHON38 is None, reason="no working Python 3.8 here")
 def test_lower_layers_on_a_bare_python38() -> None:
     # -S: no site-packages at all, as in a stock image with the probe mounted from a ConfigMap.
-    python38 = shutil.which("python3.8")
+    python38 = PYTHON38
     assert python38 is not None
     code, out, _err = run_probe(python38, "-S", "-m", "gpu_probe", "--json", timeout=60)
     doc = parse_document(out)
