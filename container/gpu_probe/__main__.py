@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="multiply every layer's time budget (slow nodes, hub downloads)",
     )
+    parser.add_argument(
+        "--perf-seconds",
+        type=float,
+        default=0.0,
+        help="gpu_perf measures each figure for at least this long (0: a fixed, short run); concurrent "
+        "runs on a shared GPU need a few seconds to overlap",
+    )
     parser.add_argument("--version", action="version", version=f"{PROBE_NAME} {__version__}")
     return parser
 
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt=args.prompt,
         seed=args.seed,
         timeout_scale=args.timeout_scale,
+        perf_seconds=max(0.0, args.perf_seconds),
     )
     sys.stdout.flush()
     saved_stdout = os.dup(1)

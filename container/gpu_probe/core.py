@@ -76,6 +76,7 @@ class Options:
     prompt: str = "Explain what an LLM is"
     seed: int = 1234
     timeout_scale: float = 1.0
+    perf_seconds: float = 0.0
 
 
 @dataclass

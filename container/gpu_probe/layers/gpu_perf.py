@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gpu_probe.core import Context, LayerResult
@@ -32,8 +33,9 @@ def measure(ctx: Context, result: LayerResult) -> None:
         return
     name = torch.cuda.get_device_name(0)
     spec = lookup_spec(name)
-    tflops = _matmul_tflops(torch)
-    bandwidth, copy_bytes = _copy_bandwidth_gbps(torch)
+    each_s = ctx.options.perf_seconds / 2
+    tflops, matmul_reps = _matmul_tflops(torch, each_s)
+    bandwidth, copy_bytes, copy_reps = _copy_bandwidth_gbps(torch, each_s)
     result.metrics.update(
         {
             "device_name": name,
@@ -45,16 +47,17 @@ def measure(ctx: Context, result: LayerResult) -> None:
             "tflops_ratio": ratio(tflops, spec["bf16_tflops"]) if spec else None,
             "bandwidth_ratio": ratio(bandwidth, spec["memory_bandwidth_gbps"]) if spec else None,
             "matmul_shape": [MATMUL_N, MATMUL_N, MATMUL_N],
-            "matmul_reps": MATMUL_REPS,
+            "matmul_reps": matmul_reps,
             "copy_bytes": copy_bytes,
-            "copy_reps": COPY_REPS,
+            "copy_reps": copy_reps,
+            "perf_seconds": ctx.options.perf_seconds,
             "bandwidth_counts": "bytes read + bytes written per device-to-device copy (2 x copy_bytes)",
             "spec_basis": "vendor datasheet, dense (no sparsity) bf16 tensor TFLOP/s; peak memory GB/s",
         }
     )
     result.evidence["method"] = (
-        f"bf16 {MATMUL_N}^3 matmul (2*N^3 FLOP), {MATMUL_WARMUP} warm-up + {MATMUL_REPS} timed with CUDA "
-        f"events; device-to-device copy of {copy_bytes} bytes, {COPY_WARMUP} warm-up + {COPY_REPS} timed"
+        f"bf16 {MATMUL_N}^3 matmul (2*N^3 FLOP), {MATMUL_WARMUP} warm-up + {matmul_reps} timed with CUDA "
+        f"events; device-to-device copy of {copy_bytes} bytes, {COPY_WARMUP} warm-up + {copy_reps} timed"
     )
     result.set("pass")
 
@@ -73,22 +76,38 @@ def _timed_ms(torch: Any, func: Any, warmup: int, reps: int) -> float:
     return float(start.elapsed_time(end)) / reps
 
 
-def _matmul_tflops(torch: Any) -> float:
+def reps_for(min_seconds: float, ms_per_rep: float, minimum: int) -> int:
+    """Repetitions that keep the GPU busy for at least min_seconds (never fewer than the fixed minimum)."""
+    if min_seconds <= 0 or ms_per_rep <= 0:
+        return minimum
+    return max(minimum, math.ceil(min_seconds * 1000.0 / ms_per_rep))
+
+
+def _timed_for(torch: Any, func: Any, warmup: int, reps: int, min_seconds: float) -> tuple[float, int]:
+    """Mean ms per call; with min_seconds > 0, a calibration run sizes a second run that lasts that long."""
+    ms = _timed_ms(torch, func, warmup, reps)
+    longer = reps_for(min_seconds, ms, reps)
+    if longer > reps:
+        ms = _timed_ms(torch, func, 0, longer)
+    return ms, longer
+
+
+def _matmul_tflops(torch: Any, min_seconds: float = 0.0) -> tuple[float, int]:
     """Dense bf16 matmul throughput on seeded random data (zeros would flatter the figure)."""
     generator = torch.Generator(device="cuda").manual_seed(0)
     a = torch.randn(MATMUL_N, MATMUL_N, device="cuda", dtype=torch.bfloat16, generator=generator)
     b = torch.randn(MATMUL_N, MATMUL_N, device="cuda", dtype=torch.bfloat16, generator=generator)
     out = torch.empty_like(a)
-    ms = _timed_ms(torch, lambda: torch.matmul(a, b, out=out), MATMUL_WARMUP, MATMUL_REPS)
-    return 2.0 * MATMUL_N**3 / (ms / 1e3) / 1e12
+    ms, reps = _timed_for(torch, lambda: torch.matmul(a, b, out=out), MATMUL_WARMUP, MATMUL_REPS, min_seconds)
+    return 2.0 * MATMUL_N**3 / (ms / 1e3) / 1e12, reps
 
 
-def _copy_bandwidth_gbps(torch: Any) -> tuple[float, int]:
+def _copy_bandwidth_gbps(torch: Any, min_seconds: float = 0.0) -> tuple[float, int, int]:
     """Device-to-device copy GB/s counting read + write, on a buffer that fits in a quarter of free memory."""
     free, _total = torch.cuda.mem_get_info()
     nbytes = min(COPY_BYTES, max(1 << 20, free // 4))
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").fill_(1)
     dst = torch.empty_like(src)
-    ms = _timed_ms(torch, lambda: dst.copy_(src), COPY_WARMUP, COPY_REPS)
+    ms, reps = _timed_for(torch, lambda: dst.copy_(src), COPY_WARMUP, COPY_REPS, min_seconds)
     torch.cuda.empty_cache()
-    return 2.0 * nbytes / (ms / 1e3) / 1e9, nbytes
+    return 2.0 * nbytes / (ms / 1e3) / 1e9, nbytes, reps

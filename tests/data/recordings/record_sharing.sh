@@ -26,13 +26,13 @@ stamp() { awk -v n="$1" -v r="$2" -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { prin
 } > "$dir/versions.txt"
 
 # (a) exclusive
-timeout 60 "${probe[@]}" --layers driver,gpu_perf > "$dir/timeslice-exclusive.log" 2>&1; stamp exclusive $?
+timeout 60 "${probe[@]}" --layers driver,gpu_perf --perf-seconds 4 > "$dir/timeslice-exclusive.log" 2>&1; stamp exclusive $?
 
 # (b) 4 concurrent probes, one shared start instant (mid-second, so started_at agrees at 1 s resolution)
 start_at=$(python3 -c 'import time; print(int(time.time()) + 20.5)')
 pids=()
 for i in 0 1 2 3; do
-  GPU_ACCEPTANCE_START_AT="$start_at" timeout 60 python3 fixtures/sync_start.py --json --layers driver,gpu_perf \
+  GPU_ACCEPTANCE_START_AT="$start_at" timeout 60 python3 fixtures/sync_start.py --json --layers driver,gpu_perf --perf-seconds 4 \
     > "$dir/timeslice-4-$i.log" 2>&1 &
   pids+=($!)
 done
@@ -56,7 +56,7 @@ mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   fi
 } > "$dir/mps-status.txt" 2>&1
 if grep -q "start rc=0" "$dir/mps-status.txt"; then
-  CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 timeout 60 "${probe[@]}" --layers driver,torch_cuda,gpu_perf \
+  CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 timeout 60 "${probe[@]}" --layers driver,torch_cuda,gpu_perf --perf-seconds 4 \
     > "$dir/mps.log" 2>&1; echo "probe rc=$?" >> "$dir/mps-status.txt"
   echo "server list after: $(echo get_server_list | timeout 5 nvidia-cuda-mps-control 2>&1)" >> "$dir/mps-status.txt"
   echo quit | timeout 10 nvidia-cuda-mps-control; echo "quit rc=$?" >> "$dir/mps-status.txt"
