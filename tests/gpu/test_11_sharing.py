@@ -262,7 +262,7 @@ def test_mps_client_cannot_exceed_memory_limit(cluster_facts):
     pytest.skip(
         "mps: the memory-limit check needs a real MPS control daemon and a probe that allocates past "
         "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT; neither the testbed nor the probe has one yet "
-        "(see docs/sharing.md)"
+        "(see README: MPS)"
     )
 
 
