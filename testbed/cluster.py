@@ -5,6 +5,8 @@ with SIMULATED nodes played by kwok.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -117,19 +119,37 @@ def create_or_replace(create: Callable[[], Any], replace: Callable[[], Any]) -> 
         replace()
 
 
-def reconcile_nodes(api_client: client.ApiClient, specs: Iterable[NodeSpec], workers: int = 32) -> list[str]:
-    """Create missing nodes and delete surplus testbed nodes, concurrently (a benchmark asks for 1000)."""
+SPEC_ANNOTATION = "testbed.k8s-gpu-acceptance.io/node-spec"
+
+
+def node_manifest(spec: NodeSpec) -> dict[str, Any]:
+    """The Node object, annotated with a digest of itself so that a changed spec is noticed."""
+    manifest = spec.manifest()
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    manifest["metadata"].setdefault("annotations", {})[SPEC_ANNOTATION] = digest
+    return manifest
+
+
+def reconcile_nodes(
+    api_client: client.ApiClient, specs: Iterable[NodeSpec], workers: int = 32
+) -> tuple[list[str], bool]:
+    """Make the testbed's nodes exactly `specs`, concurrently (a benchmark asks for 1000); True if changed.
+
+    Missing nodes are created, surplus ones deleted, and a node whose spec changed (e.g. gpu-node-8 after
+    `--gpu-nodes 1000` made it a 1-GPU node) is deleted and created again: capacity lives in the node status.
+    """
     core = client.CoreV1Api(api_client)
-    wanted = {s.name: s for s in specs}
+    wanted = {s.name: node_manifest(s) for s in specs}
     existing = {
-        n.metadata.name
+        n.metadata.name: (n.metadata.annotations or {}).get(SPEC_ANNOTATION)
         for n in core.list_node(label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}").items
     }
-    to_create = [s for name, s in wanted.items() if name not in existing]
-    to_delete = [name for name in existing if name not in wanted]
-
-    def create(spec: NodeSpec) -> None:
-        create_or_replace(lambda: core.create_node(spec.manifest()), lambda: None)
+    stale = [
+        n
+        for n, digest in existing.items()
+        if n not in wanted or digest != wanted[n]["metadata"]["annotations"][SPEC_ANNOTATION]
+    ]
+    to_create = [m for name, m in wanted.items() if name not in existing or name in stale]
 
     def delete(name: str) -> None:
         try:
@@ -138,10 +158,21 @@ def reconcile_nodes(api_client: client.ApiClient, specs: Iterable[NodeSpec], wor
             if exc.status != 404:
                 raise
 
+    def create(manifest: dict[str, Any]) -> None:
+        for _ in range(50):  # a node deleted just before may still be going away
+            try:
+                core.create_node(manifest)
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                time.sleep(0.1)
+        raise TestbedError(f"node {manifest['metadata']['name']} still exists after deleting it")
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(delete, stale))
         list(pool.map(create, to_create))
-        list(pool.map(delete, to_delete))
-    return list(wanted)
+    return list(wanted), bool(stale or to_create)
 
 
 def apply_addons(api_client: client.ApiClient) -> None:

@@ -84,17 +84,18 @@ def health(state: State) -> dict[str, bool]:
 
 
 def up(gpu_nodes: int | None = None) -> Testbed:
-    """Start the testbed, or reuse the running one (reconciling the GPU node count if one is given)."""
+    """Start the testbed, or reuse the running one; either way the nodes are made the wanted set."""
     started = time.monotonic()
     with locked():
         state = State.load()
         if state is not None:
             checks = health(state)
             if all(checks.values()):
-                if gpu_nodes is not None:
-                    gpu_count = set_nodes(state, gpu_nodes)
+                gpu_count, changed = set_nodes(state, gpu_nodes)
+                if changed:
                     with cluster.api(Path(state.kubeconfig)) as c:
                         cluster.wait_ready(c, state.nodes, gpu_count)
+                    step(f"nodes set to {len(state.nodes)} ({gpu_count} with GPUs), all Ready", started)
                 took = fmt_duration(time.monotonic() - started)
                 log(f"testbed already running ({len(state.nodes)} nodes Ready); up took {took}")
                 return testbed_of(state, started_here=False)
@@ -141,7 +142,7 @@ def _start(gpu_nodes: int | None, t0: float) -> State:
         )
         state.procs["recording-controller"] = start_controller(state, sdir)
         state.save()
-        gpu_count = set_nodes(state, gpu_nodes)
+        gpu_count, _ = set_nodes(state, gpu_nodes)
         t = step(f"{len(state.nodes)} nodes created ({gpu_count} with GPUs)", t)
         with cluster.api(Path(state.kubeconfig)) as c:
             cluster.apply_addons(c)
@@ -161,13 +162,13 @@ def _start(gpu_nodes: int | None, t0: float) -> State:
     return state
 
 
-def set_nodes(state: State, gpu_nodes: int | None) -> int:
-    """Create/delete nodes to match the wanted node list; returns how many have GPUs."""
+def set_nodes(state: State, gpu_nodes: int | None) -> tuple[int, bool]:
+    """Make the nodes the default set (or N identical GPU nodes); returns (GPU node count, changed?)."""
     specs = default_nodes(gpu_nodes)
     with cluster.api(Path(state.kubeconfig)) as c:
-        state.nodes = cluster.reconcile_nodes(c, specs)
+        state.nodes, changed = cluster.reconcile_nodes(c, specs)
     state.save()
-    return sum(1 for s in specs if s.gpus)
+    return sum(1 for s in specs if s.gpus), changed
 
 
 def start_controller(state: State, sdir: Path) -> Proc:
