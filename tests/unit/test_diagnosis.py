@@ -91,3 +91,15 @@ def test_seeing_more_gpus_than_requested_is_an_isolation_problem():
         d.rule == "sees-extra-gpus"
         and "accept-nvidia-visible-devices-envvar-when-unprivileged=false" in d.fix
     )
+
+
+def test_every_untolerated_taint_gets_its_toleration():
+    message = (
+        "0/6 nodes are available: 1 node(s) had untolerated taint(s) {nvidia.com/gpu: true}, "
+        "1 node(s) had untolerated taint(s) {testbed.k8s-gpu-acceptance.io/scenario: mig}, "
+        "4 node(s) didn't match Pod's node affinity/selector."
+    )
+    d = _sched("unschedulable", message)
+    assert "--toleration nvidia.com/gpu=true:NoSchedule" in d.fix
+    assert "--toleration testbed.k8s-gpu-acceptance.io/scenario=mig:NoSchedule" in d.fix
+    assert "untolerated-taint" in d.rule and "selector-mismatch" in d.rule
