@@ -3,7 +3,7 @@
 import pytest
 
 from fixtures.checks import fail
-from fixtures.diagnosis import Diagnosis, diagnose_scheduling_failure
+from fixtures.diagnosis import Diagnosis, diagnose_scheduling_failure, untolerated_taints
 
 pytestmark = [pytest.mark.gpu, pytest.mark.scheduling]
 
@@ -21,7 +21,7 @@ def test_probe_pod_scheduled_onto_gpu_node_and_ran(probe_pod, cluster_facts, gpu
     layer_evidence.evidence["events"] = "\n".join(probe_pod.events)
     failure = probe_pod.failure
     if failure is not None and failure.kind != "container":
-        fail(_why_the_pod_did_not_run(failure, gpu_settings))
+        fail(_why_the_pod_did_not_run(failure, gpu_settings, cluster_facts))
     nodes = {n.name: n for n in cluster_facts.nodes}
     node = nodes.get(probe_pod.node_name or "")
     if node is None or node.gpu_allocatable < gpu_settings.gpus:
@@ -47,10 +47,12 @@ def test_probe_pod_scheduled_onto_gpu_node_and_ran(probe_pod, cluster_facts, gpu
             )
         )
     if failure is not None:
-        fail(_why_the_pod_did_not_run(failure, gpu_settings))
+        fail(_why_the_pod_did_not_run(failure, gpu_settings, cluster_facts))
 
 
-def _why_the_pod_did_not_run(failure, settings):
+def _why_the_pod_did_not_run(failure, settings, cluster_facts):
+    nodes = [(n.name, n.labels, n.taints) for n in cluster_facts.nodes if n.is_gpu_node]
+    tolerations = [t.to_k8s() for t in settings.tolerations]
     return diagnose_scheduling_failure(
         failure.kind,
         failure.reason,
@@ -59,4 +61,5 @@ def _why_the_pod_did_not_run(failure, settings):
         selector=settings.node_selector,
         runtime_class=settings.runtime_class,
         image=settings.image,
+        node_taints=untolerated_taints(nodes, settings.node_selector, tolerations),
     )

@@ -7,6 +7,7 @@ from fixtures.diagnosis import (
     diagnose_gpu_count,
     diagnose_probe_layer,
     diagnose_scheduling_failure,
+    untolerated_taints,
 )
 
 # Scheduler messages as kube-scheduler 1.36 writes them (seen on the testbed's real scheduler).
@@ -103,3 +104,37 @@ def test_every_untolerated_taint_gets_its_toleration():
     assert "--toleration nvidia.com/gpu=true:NoSchedule" in d.fix
     assert "--toleration testbed.k8s-gpu-acceptance.io/scenario=mig:NoSchedule" in d.fix
     assert "untolerated-taint" in d.rule and "selector-mismatch" in d.rule
+
+
+def test_taints_the_scheduler_did_not_name_are_found_on_the_nodes():
+    """kube-scheduler 1.36 on the testbed: "4 node(s) had untolerated taint(s)." with no taint in it."""
+    message = (
+        "0/6 nodes are available: 2 node(s) didn't match Pod's node affinity/selector, 4 node(s) had "
+        "untolerated taint(s)."
+    )
+    nodes = [
+        (
+            "gpu-node-8",
+            {"kubernetes.io/hostname": "gpu-node-8"},
+            [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}],
+        ),
+        (
+            "gpu-node-ts",
+            {"kubernetes.io/hostname": "gpu-node-ts"},
+            [
+                {
+                    "key": "testbed.k8s-gpu-acceptance.io/scenario",
+                    "value": "time-slicing",
+                    "effect": "NoSchedule",
+                }
+            ],
+        ),
+    ]
+    found = untolerated_taints(nodes, {"kubernetes.io/hostname": "gpu-node-8"}, [])
+    assert found == ["nvidia.com/gpu: true"]
+    tolerated = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert untolerated_taints(nodes, {}, tolerated) == [
+        "testbed.k8s-gpu-acceptance.io/scenario: time-slicing"
+    ]
+    d = _sched("unschedulable", message, node_taints=found)
+    assert "--toleration nvidia.com/gpu=true:NoSchedule" in d.fix
