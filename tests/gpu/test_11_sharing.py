@@ -3,7 +3,8 @@
 Not a layer of the chain; each test skips with the reason when the cluster has no such configuration.
 Time-slicing runs the probe alone on a time-sliced node (the exclusive figure), then `replicas` probe pods
 at one shared instant (fixtures/sync_start.py) and checks they ran at once, on one UUID, each with a share
-of 0.5x..1.5x of 1/N of the exclusive bf16 TFLOP/s.
+of 0.5x..1.5x of 1/N of the exclusive bf16 TFLOP/s. MPS runs fixtures/mps_check.py as a client pod with
+CUDA_MPS_PINNED_DEVICE_MEM_LIMIT set: allocating within the limit must work, past it must fail.
 """
 
 import time
@@ -16,13 +17,18 @@ from fixtures.cluster import REQUEST_TIMEOUT
 from fixtures.diagnosis import (
     Diagnosis,
     diagnose_mig_memory,
+    diagnose_mps_memory_limit,
     diagnose_multi_container,
     diagnose_pod_did_not_run,
     diagnose_time_slicing,
 )
+from fixtures.mps_check import LIMIT_ENV
 from fixtures.probe import read_document
 from fixtures.sharing import (
     MAX_REPLICAS,
+    MPS_CHECK,
+    MPS_FIELDS,
+    MPS_LIMIT,
     add_shared_container,
     common_window_s,
     detect_sharing,
@@ -31,8 +37,10 @@ from fixtures.sharing import (
     is_replayed,
     mig_memory_ok,
     mig_resources,
+    mps_limit_verdict,
     open_scenario,
     parse_mig_profile,
+    read_mps_check,
     record,
     run_window,
     scenario_pod,
@@ -51,19 +59,22 @@ def sharing_pods(request, cluster_connection):
     return pods
 
 
-def _run(pods, pod, containers=("probe",)):
-    """Create one scenario pod, wait, and return its documents per container (fails with a diagnosis)."""
+def _run(pods, pod, containers=("probe",), read=read_document):
+    """Create one scenario pod, wait, and return its documents per container (fails with a diagnosis).
+
+    `read(log, where) -> (document, error)`: the probe's document, or e.g. read_mps_check's.
+    """
     name = pod["metadata"]["name"]
     pods.create(pod)
-    return _collect(pods, name, containers)
+    return _collect(pods, name, containers, read)
 
 
-def _collect(pods, name, containers=("probe",)):
+def _collect(pods, name, containers=("probe",), read=read_document):
     result, logs = pods.run_probe(name, containers)
     where = f"pod {pods.namespace}/{name} on {result.node_name or '?'}"
     documents = {}
     for container in containers:
-        document, error = read_document(logs[container], where) if container in logs else (None, None)
+        document, error = read(logs[container], where) if container in logs else (None, None)
         if document is None:
             failure = result.failure
             if failure is not None:
@@ -217,18 +228,21 @@ def test_time_slicing_replicas_share_one_gpu(request, sharing_pods, cluster_fact
     )
 
 
-def _mps_config(cluster_facts):
+def _mps_config(cluster_facts, settings):
+    """The first MPS node, when it accepts the suite's pods (else skip with the reason)."""
     for node in cluster_facts.gpu_nodes:
         config = detect_sharing(node)
         if config.strategy == "mps":
-            return config
-    pytest.skip("mps: no GPU node has nvidia.com/gpu.sharing-strategy=mps")
+            break
+    else:
+        pytest.skip("mps: no GPU node has nvidia.com/gpu.sharing-strategy=mps")
+    if config.node not in {n.name for n in eligible_gpu_nodes(cluster_facts.nodes, settings)}:
+        pytest.skip(f"mps: node {config.node} does not accept the suite's pods (taints/selector)")
+    return config
 
 
 def test_mps_client_sees_its_share(request, sharing_pods, cluster_facts, gpu_settings):
-    config = _mps_config(cluster_facts)
-    if config.node not in {n.name for n in eligible_gpu_nodes(cluster_facts.nodes, gpu_settings)}:
-        pytest.skip(f"mps: node {config.node} does not accept the suite's pods (taints/selector)")
+    config = _mps_config(cluster_facts, gpu_settings)
     name = sharing_pods.name("gpu-mps")
     pod = _pod(sharing_pods, gpu_settings, name, scenario="mps", layers="driver,torch_cuda", node=config.node)
     _result, docs = _run(sharing_pods, pod)
@@ -257,13 +271,39 @@ def test_mps_client_sees_its_share(request, sharing_pods, cluster_facts, gpu_set
         )
 
 
-def test_mps_client_cannot_exceed_memory_limit(cluster_facts):
-    _mps_config(cluster_facts)
-    pytest.skip(
-        "mps: the memory-limit check needs a real MPS control daemon and a probe that allocates past "
-        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT; neither the testbed nor the probe has one yet "
-        "(see README: MPS)"
+def test_mps_client_cannot_exceed_memory_limit(request, sharing_pods, cluster_facts, gpu_settings):
+    """fixtures/mps_check.py in a pod on the MPS node: within the pinned memory limit, then past it."""
+    config = _mps_config(cluster_facts, gpu_settings)
+    name = sharing_pods.name("gpu-mps-limit")
+    pod = _pod(
+        sharing_pods,
+        gpu_settings,
+        name,
+        scenario="mps-limit",
+        layers="",
+        node=config.node,
+        env={LIMIT_ENV: MPS_LIMIT},
+        script=MPS_CHECK,
     )
+    result, docs = _run(sharing_pods, pod, read=read_mps_check)
+    doc = docs["probe"]
+    where = f"pod {sharing_pods.namespace}/{name} on {result.node_name or '?'}"
+    verdict = mps_limit_verdict(doc)
+    record(
+        request,
+        "mps.memory_limit",
+        {
+            "node": config.node,
+            "limit_env": MPS_LIMIT,
+            **{key: doc[key] for key in MPS_FIELDS},
+            "verdict": verdict.outcome,
+        },
+    )
+    if verdict.outcome == "skip":
+        pytest.skip(f"mps: {where}: {verdict.summary}")
+    if verdict.outcome == "fail":
+        fail(diagnose_mps_memory_limit(config.node, MPS_LIMIT, verdict.summary))
+    print(f"mps memory limit on {config.node}: {verdict.summary}")
 
 
 @pytest.fixture(scope="module")

@@ -213,11 +213,47 @@ def test_time_slicing_real_h100_recordings_show_the_share(suite):
 # --- MPS and MIG ---
 
 
-def test_mps_is_reported_and_memory_limit_skips_with_reason(suite):
-    run = suite("sharing", "-k", "mps", toleration("mps"), "-rs")
+def test_mps_is_reported(suite):
+    run = suite("sharing", "-k", "mps_client_sees", toleration("mps"))
     assert run.ret == 0, run.output
     assert run.sharing["mps"]["expected_active_thread_percentage"] == 50.0
-    assert "needs a real MPS control daemon" in run.output
+
+
+def test_mps_memory_limit_log_without_a_check_document_fails_clearly(suite):
+    run = suite("sharing", "-k", "cannot_exceed", toleration("mps"), f"--pod-annotation={RECORDING}=h100")
+    assert run.ret == 1, run.output
+    assert "no k8s-gpu-acceptance/mps-check document" in run.output, run.output
+
+
+def _mps_recording(name: str) -> None:
+    if not (RECORDINGS / f"{name}.log").is_file():
+        pytest.skip(
+            f"recording {name}.log not yet recorded (tests/data/recordings/record_mps_limit.sh on the H100)"
+        )
+
+
+def test_mps_memory_limit_real_h100_recording_is_enforced(suite):
+    _mps_recording("mps-limit")
+    run = suite("sharing", "-k", "cannot_exceed", toleration("mps"), "-rs")
+    assert run.ret == 0, run.output
+    entry = run.sharing["mps.memory_limit"]
+    if entry["verdict"] == "skip":
+        pytest.skip(f"the recorded mps-limit.log says the check could not run: {entry['error']}")
+    assert entry["verdict"] == "pass" and entry["beyond_limit_allocation_failed"] is True, entry
+
+
+def test_mps_memory_limit_not_enforced_is_diagnosed(suite):
+    _mps_recording("mps-limit-nodaemon")
+    run = suite(
+        "sharing",
+        "-k",
+        "cannot_exceed",
+        toleration("mps"),
+        f"--pod-annotation={RECORDING}=mps-limit-nodaemon",
+    )
+    assert run.ret == 1, run.output
+    assert "an MPS client allocated past its pinned memory limit" in run.output, run.output
+    assert "mps-control-daemon" in run.output and "fix:" in run.output
 
 
 def test_mig_slice_goes_through_the_scheduler_and_memory_check_skips_without_recording(suite):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Records what the sharing/isolation scenarios' probes see on the real GPU host, into the folder $1.
 # Run from the repo root: PYTHONPATH=container bash tests/data/recordings/record_sharing.sh "$OUT/sharing"
-# Bounded: every step has a timeout; the whole script stays under ~90 s on the H100 host.
+# Bounded: every step has a timeout; the whole script stays under ~100 s on the H100 host.
 #   timeslice-exclusive.log       one probe alone (driver,gpu_perf)
 #   timeslice-4-0.log .. -3.log   4 probes on the one GPU, started together at one shared instant by
 #                                 fixtures/sync_start.py (imports and CUDA context first, then the barrier),
@@ -11,6 +11,8 @@
 #   isolation-nocuda.log          CUDA_VISIBLE_DEVICES="" (CUDA hides the GPU; NVML/nvidia-smi still see it)
 #   mps-status.txt, mps.log       whether nvidia-cuda-mps-control could start; a probe as an MPS client
 #                                 with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50
+#   mps-limit.log                 fixtures/mps_check.py as an MPS client with CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=4G
+#                                 (only this part, plus a run without MPS: record_mps_limit.sh)
 #   timings.txt, versions.txt
 set -u
 dir="${1:?usage: record_sharing.sh OUTPUT_DIR}"
@@ -58,6 +60,8 @@ mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
 if grep -q "start rc=0" "$dir/mps-status.txt"; then
   CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 timeout 60 "${probe[@]}" --layers driver,torch_cuda,gpu_perf --perf-seconds 4 \
     > "$dir/mps.log" 2>&1; echo "probe rc=$?" >> "$dir/mps-status.txt"
+  CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=4G CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 timeout 60 python3 fixtures/mps_check.py \
+    > "$dir/mps-limit.log" 2>&1; echo "mps_check rc=$?" >> "$dir/mps-status.txt"
   echo "server list after: $(echo get_server_list | timeout 5 nvidia-cuda-mps-control 2>&1)" >> "$dir/mps-status.txt"
   echo quit | timeout 10 nvidia-cuda-mps-control; echo "quit rc=$?" >> "$dir/mps-status.txt"
   cat "$CUDA_MPS_LOG_DIRECTORY"/control.log >> "$dir/mps-status.txt" 2>/dev/null
