@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client, config
@@ -35,6 +36,40 @@ def testbed_api(testbed: lifecycle.Testbed) -> Iterator[client.ApiClient]:
     """A Kubernetes client for the testbed (never the user's default kubeconfig)."""
     with config.new_client_from_config(config_file=str(testbed.kubeconfig)) as api_client:
         yield api_client
+
+
+@pytest.fixture(scope="session")
+def core(testbed_api: client.ApiClient) -> client.CoreV1Api:
+    """The core/v1 API of the testbed, for tests that check what a run left on the cluster."""
+    return client.CoreV1Api(testbed_api)
+
+
+@pytest.fixture(scope="session")
+def leftovers(core: client.CoreV1Api) -> Callable[..., list[str]]:
+    """Lists the namespaces, pods and ConfigMaps matching a label selector: what a run left behind."""
+
+    def find(selector: str, run_id_prefix: str = "") -> list[str]:
+        def ours(obj: Any) -> bool:
+            return (obj.metadata.labels or {}).get("k8s-gpu-acceptance/run-id", "").startswith(run_id_prefix)
+
+        left = [
+            f"namespace/{n.metadata.name}"
+            for n in core.list_namespace(label_selector=selector).items
+            if ours(n)
+        ]
+        left += [
+            f"pod/{p.metadata.namespace}/{p.metadata.name}"
+            for p in core.list_pod_for_all_namespaces(label_selector=selector).items
+            if ours(p)
+        ]
+        left += [
+            f"configmap/{m.metadata.namespace}/{m.metadata.name}"
+            for m in core.list_config_map_for_all_namespaces(label_selector=selector).items
+            if ours(m)
+        ]
+        return left
+
+    return find
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDINGS = REPO / "tests" / "data" / "recordings"
@@ -23,13 +22,6 @@ RECORDING = "testbed.k8s-gpu-acceptance.io/recording"
 SCENARIO_TAINT = "testbed.k8s-gpu-acceptance.io/scenario"
 MANAGED = "app.kubernetes.io/managed-by=k8s-gpu-acceptance"
 TIMESLICE_RECORDINGS = ["timeslice-exclusive", *(f"timeslice-4-{i}" for i in range(4))]
-
-
-@pytest.fixture(scope="module")
-def core(testbed):
-    api = config.new_client_from_config(config_file=str(testbed.kubeconfig))
-    yield client.CoreV1Api(api)
-    api.close()
 
 
 class Run:
@@ -45,23 +37,8 @@ class Run:
         return report["environment_details"].get("sharing", {})
 
 
-def left_behind(core: client.CoreV1Api, selector: str) -> list[str]:
-    left = [f"namespace/{n.metadata.name}" for n in core.list_namespace(label_selector=selector).items]
-    left += [
-        f"pod/{p.metadata.namespace}/{p.metadata.name}"
-        for p in core.list_pod_for_all_namespaces(label_selector=selector).items
-        if p.metadata.labels.get("k8s-gpu-acceptance/run-id", "").startswith("sharing-")
-    ]
-    left += [
-        f"configmap/{c.metadata.namespace}/{c.metadata.name}"
-        for c in core.list_config_map_for_all_namespaces(label_selector=selector).items
-        if c.metadata.labels.get("k8s-gpu-acceptance/run-id", "").startswith("sharing-")
-    ]
-    return left
-
-
 @pytest.fixture
-def suite(testbed, tmp_path, core):
+def suite(testbed, tmp_path, leftovers):
     """Run `pytest -m <marker>` against the testbed; afterwards prove nothing of the run is left."""
     runs: list[Run] = []
 
@@ -80,9 +57,9 @@ def suite(testbed, tmp_path, core):
 
     yield run
     for r in runs:
-        left = left_behind(core, f"k8s-gpu-acceptance/run-id={r.run_id}")
+        left = leftovers(f"k8s-gpu-acceptance/run-id={r.run_id}")
         assert not left, f"run {r.run_id} left objects behind: {left}"
-    managed = left_behind(core, MANAGED)
+    managed = leftovers(MANAGED, run_id_prefix="sharing-")
     assert not [x for x in managed if "sharing-" in x], managed
 
 

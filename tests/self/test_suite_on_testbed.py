@@ -18,18 +18,10 @@ from pathlib import Path
 
 import boto3
 import pytest
-from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDING = "testbed.k8s-gpu-acceptance.io/recording"
 SECRET_MARKER = "do-not-leak"
-
-
-@pytest.fixture(scope="module")
-def core(testbed):
-    api = config.new_client_from_config(config_file=str(testbed.kubeconfig))
-    yield client.CoreV1Api(api)
-    api.close()
 
 
 class SuiteRun:
@@ -72,7 +64,7 @@ def suite_command(report_dir: Path, *args: str) -> list[str]:
 
 
 @pytest.fixture
-def run_suite(testbed, tmp_path, core):
+def run_suite(testbed, tmp_path, leftovers):
     """Run the suite against the testbed; afterwards prove the run left nothing behind."""
     runs: list[SuiteRun] = []
 
@@ -91,20 +83,11 @@ def run_suite(testbed, tmp_path, core):
 
     yield run
     for suite_run in runs:
-        assert_nothing_left(core, suite_run.run_id)
+        assert_nothing_left(leftovers, suite_run.run_id)
 
 
-def assert_nothing_left(core: client.CoreV1Api, run_id: str) -> None:
-    selector = f"k8s-gpu-acceptance/run-id={run_id}"
-    left = [f"namespace/{n.metadata.name}" for n in core.list_namespace(label_selector=selector).items]
-    left += [
-        f"pod/{p.metadata.namespace}/{p.metadata.name}"
-        for p in core.list_pod_for_all_namespaces(label_selector=selector).items
-    ]
-    left += [
-        f"configmap/{c.metadata.namespace}/{c.metadata.name}"
-        for c in core.list_config_map_for_all_namespaces(label_selector=selector).items
-    ]
+def assert_nothing_left(leftovers, run_id: str) -> None:
+    left = leftovers(f"k8s-gpu-acceptance/run-id={run_id}")
     assert not left, f"run {run_id} left objects behind: {left}"
 
 
@@ -233,7 +216,7 @@ def test_refused_s3_upload_keeps_local_reports_and_says_so(run_suite, testbed):
         assert SECRET_MARKER not in (run.report_dir / name).read_text()
 
 
-def test_ctrl_c_while_the_probe_pod_exists_cleans_up(testbed, core, tmp_path):
+def test_ctrl_c_while_the_probe_pod_exists_cleans_up(testbed, core, leftovers, tmp_path):
     run_id = f"selftest-{uuid.uuid4().hex[:8]}"
     environ = {**os.environ, **testbed.env, "GPU_ACCEPTANCE_RUN_ID": run_id}
     command = suite_command(
@@ -258,4 +241,4 @@ def test_ctrl_c_while_the_probe_pod_exists_cleans_up(testbed, core, tmp_path):
         if process.poll() is None:
             process.kill()
     assert process.returncode in (1, 2), output
-    assert_nothing_left(core, run_id)
+    assert_nothing_left(leftovers, run_id)
