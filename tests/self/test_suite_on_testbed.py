@@ -72,7 +72,9 @@ def run_suite(testbed, tmp_path, leftovers):
         run_id = f"selftest-{uuid.uuid4().hex[:8]}"
         report_dir = tmp_path / f"reports-{len(runs)}"
         environ = {**os.environ, **testbed.env, "GPU_ACCEPTANCE_RUN_ID": run_id, **(env or {})}
-        command = suite_command(report_dir, f"--kubeconfig={kubeconfig or testbed.kubeconfig}", *args)
+        # relative to the run's cwd, as users pass it (the default is the relative "reports")
+        relative = report_dir.relative_to(tmp_path)
+        command = suite_command(relative, f"--kubeconfig={kubeconfig or testbed.kubeconfig}", *args)
         started = time.monotonic()
         result = subprocess.run(
             command, capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=300, check=False
