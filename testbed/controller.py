@@ -4,9 +4,10 @@ kwok runs no container, and its ClusterLogs select pods by namespace/name only. 
 process (started by `python -m testbed up`, PID tracked, stopped by `down`) watches pods labelled
 `k8s-gpu-acceptance/role=probe` and, for each one that kwok has made Running:
 
-1. picks the recording of each container (annotation `testbed.k8s-gpu-acceptance.io/recording`; else a
-   recording named by the suite's `k8s-gpu-acceptance/scenario` annotation, `<scenario>-<container>` or
-   `<scenario>`, when one exists; else `h100` for a container requesting `nvidia.com/gpu`, else `cpu`);
+1. picks the recording of each container (annotation `testbed.k8s-gpu-acceptance.io/recording` on the pod,
+   else on its node; else a recording named by the suite's `k8s-gpu-acceptance/scenario` annotation,
+   `<scenario>-<container>` or `<scenario>`, when one exists; else `h100` for a container requesting
+   `nvidia.com/gpu`, else `cpu`);
 2. creates a kwok `Logs` object named like the pod (owned by it, so the garbage collector removes it) that
    points each container at a CRI-format copy of its recording;
 3. waits until `pods/log` through the real apiserver returns the recording, then annotates the pod
@@ -67,7 +68,9 @@ class RecordingController:
         ns, name = pod.metadata.namespace, pod.metadata.name
         try:
             spec = self.api_client.sanitize_for_serialization(pod.spec)
-            chosen = container_recordings(pod.metadata.annotations, spec)
+            chosen = container_recordings(
+                pod.metadata.annotations, spec, node_annotations=self.node_notes(pod)
+            )
             paths = {container: recording_path(rec) for container, rec in chosen.items()}
             missing = sorted({str(p) for p in paths.values() if not p.is_file()})
             if missing:
@@ -88,6 +91,16 @@ class RecordingController:
             LOG.exception("%s/%s: could not attach a recording", ns, name)
             with self.lock:
                 self.seen.discard(pod.metadata.uid)
+
+    def node_notes(self, pod: client.V1Pod) -> dict[str, str]:
+        """The annotations of the pod's node, read when the pod runs (a self-test may have just set one)."""
+        if not pod.spec.node_name:
+            return {}
+        try:
+            return dict(self.core.read_node(pod.spec.node_name).metadata.annotations or {})
+        except ApiException as exc:
+            LOG.warning("node %s: annotations not readable (%s)", pod.spec.node_name, exc.status)
+            return {}
 
     def put_logs(self, pod: client.V1Pod, logs_files: dict[str, Path]) -> None:
         """Create (or repoint) the kwok Logs object of this pod: one entry per container."""

@@ -48,15 +48,21 @@ SCENARIO_ANNOTATION = "k8s-gpu-acceptance/scenario"
 
 
 def container_recordings(
-    annotations: Mapping[str, str] | None, pod_spec: Mapping[str, Any], directory: Path | None = None
+    annotations: Mapping[str, str] | None,
+    pod_spec: Mapping[str, Any],
+    directory: Path | None = None,
+    node_annotations: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The recording of each container, so several containers of one pod can print different logs.
 
-    The recording annotation wins for every container; else the suite's scenario annotation names one
-    (`<scenario>-<container>`, then `<scenario>`) when such a recording exists; else `h100` for a container
-    that requests nvidia.com/gpu and `cpu` for any other.
+    The pod's recording annotation wins for every container; else the same annotation on the pod's node (a
+    node-level fault: every probe pod there prints it, e.g. one bad node in a fleet sweep); else the suite's
+    scenario annotation names one (`<scenario>-<container>`, then `<scenario>`) when such a recording
+    exists; else `h100` for a container that requests nvidia.com/gpu and `cpu` for any other.
     """
-    chosen = (annotations or {}).get(RECORDING_ANNOTATION)
+    chosen = (annotations or {}).get(RECORDING_ANNOTATION) or (node_annotations or {}).get(
+        RECORDING_ANNOTATION
+    )
     scenario = (annotations or {}).get(SCENARIO_ANNOTATION)
     out: dict[str, str] = {}
     for container in pod_spec.get("containers") or []:
