@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testbed import build, versions
+from kubernetes import client
+
+from testbed import build, cluster, versions
 from testbed.build import Component, fmt_duration, log, run_go, write_module
 from testbed.errors import TestbedError
 
@@ -250,4 +252,84 @@ def gfd_labels(output: str) -> dict[str, str]:
         key, sep, value = line.strip().partition("=")
         if sep and key.startswith("nvidia.com/"):
             labels[key] = value
+    return labels
+
+
+def config_digest(config: str) -> str:
+    """Short digest of the plugin config: a new value in the pod template rolls the plugin pod."""
+    return hashlib.sha256(config.encode()).hexdigest()[:12]
+
+
+def apply_device_plugin(api_client: client.ApiClient, bindir: Path, replicas: int) -> str:
+    """Create or update the plugin's ConfigMap and DaemonSet; returns the config text applied."""
+    core = client.CoreV1Api(api_client)
+    apps = client.AppsV1Api(api_client)
+    config = sharing_config(replicas)
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": PLUGIN_CONFIGMAP, "namespace": "kube-system"},
+        "data": {"config.yaml": config},
+    }
+    cluster.create_or_replace(
+        lambda: core.create_namespaced_config_map("kube-system", configmap),
+        lambda: core.replace_namespaced_config_map(PLUGIN_CONFIGMAP, "kube-system", configmap),
+    )
+    ds = device_plugin_daemonset(
+        str(bindir / "nvidia-device-plugin"), str(bindir / "nvidia-cdi-hook"), config_digest(config)
+    )
+    name = ds["metadata"]["name"]
+    cluster.create_or_replace(
+        lambda: apps.create_namespaced_daemon_set("kube-system", ds),
+        lambda: apps.replace_namespaced_daemon_set(name, "kube-system", ds),
+    )
+    return config
+
+
+def wait_gpus_advertised(api_client: client.ApiClient, node: str, expected: int, timeout: float) -> None:
+    """Watch the node until allocatable nvidia.com/gpu is `expected` (the plugin registered and listed)."""
+    core = client.CoreV1Api(api_client)
+
+    def advertised(nodes: Any) -> bool:
+        return any((n.status.allocatable or {}).get("nvidia.com/gpu") == str(expected) for n in nodes.items)
+
+    cluster.wait_for(
+        core.list_node,
+        advertised,
+        f"node {node} to advertise nvidia.com/gpu={expected} (device plugin registered)",
+        timeout,
+        field_selector=f"metadata.name={node}",
+    )
+
+
+def apply_gfd_labels(
+    api_client: client.ApiClient, node: str, bindir: Path, config: str, work: Path
+) -> dict[str, str]:
+    """Run GPU Feature Discovery once on this host and put its labels on the node (NFD's job elsewhere)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "gfd-config.yaml").write_text(config)
+    output = work / "gfd-labels"
+    proc = subprocess.run(
+        [
+            str(bindir / "gpu-feature-discovery"),
+            "--oneshot",
+            "--no-timestamp",
+            f"--output-file={output}",
+            f"--config-file={work / 'gfd-config.yaml'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise TestbedError(f"gpu-feature-discovery failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    labels = gfd_labels(output.read_text())
+    if not labels:
+        raise TestbedError(f"gpu-feature-discovery wrote no nvidia.com/ labels to {output}")
+    core = client.CoreV1Api(api_client)
+    # Labels GFD no longer reports (e.g. replicas after sharing is turned off) are removed: None deletes.
+    current = core.read_node(node).metadata.labels or {}
+    stale = {k: None for k in current if k.startswith("nvidia.com/") and k not in labels}
+    core.patch_node(node, {"metadata": {"labels": {**stale, **labels}}})
     return labels
