@@ -2,7 +2,7 @@
 # The probe's speed and stability on the GPU host, old vs new, in one sitting (bench/probe_speed.py does it).
 # Usage, from the repo root, with the old probe exported beside it (see /work/team/STATUS-probe.md):
 #   mkdir -p .baseline && git archive 054a8a0 container/gpu_probe | tar -x -C .baseline
-#   bash bench/h100_probe.sh OUTDIR [extra probe_speed.py options, e.g. --runs 5 --floor-runs 3]
+#   bash bench/h100_probe.sh OUTDIR [extra probe_speed.py options, e.g. --runs 5 --floor-runs 2]
 # Writes OUTDIR/probe-speed.json, OUTDIR/probe-speed.txt and OUTDIR/gpu.txt; prints progress on stderr.
 # Always exits 0: it measures, it does not judge (the goals are printed beside the figures).
 set -u

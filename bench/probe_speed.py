@@ -171,7 +171,7 @@ def main() -> int:
     parser.add_argument("--baseline", default=str(DEFAULT_BASELINE), help="folder holding the old gpu_probe")
     parser.add_argument("--runs", type=int, default=5, help="whole runs of each probe (5)")
     parser.add_argument(
-        "--floor-runs", type=int, default=3, help="fresh-process import floors, each kind (3)"
+        "--floor-runs", type=int, default=2, help="fresh-process import floors, each kind (2)"
     )
     parser.add_argument("--model", default="random-gpt2-small")
     parser.add_argument("--skip-old", action="store_true", help="no baseline runs (no baseline folder)")

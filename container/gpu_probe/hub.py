@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import glob
 import os
-import ssl
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +118,10 @@ def _answer(url: str, proxy: str | None, timeout_s: float) -> str:
     store cannot verify also counts as an answer (a TLS server is there; the hub client may trust a CA Python
     does not), so only silence, refusal, an unknown name or no route make the hub unreachable.
     """
+    import ssl  # here, not at the top: the probe's start pays for these only when a hub model is checked
+    import urllib.error
+    import urllib.request
+
     scheme = urllib.parse.urlsplit(url).scheme or "https"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({scheme: proxy} if proxy else {}))
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "gpu-probe hub check"})

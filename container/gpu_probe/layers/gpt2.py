@@ -25,7 +25,7 @@ from gpu_probe.builtin_models import BUILTIN_SOURCES
 from gpu_probe.core import Context, LayerResult
 from gpu_probe.diagnosis import missing_library
 from gpu_probe.hub import BackgroundHubCheck, HubUnreachable, cached_snapshot, hub_cache_dir
-from gpu_probe.lean_import import import_gpt2_class
+from gpu_probe.lean_import import REAL_DYNAMO_BECAUSE, DynamoStandIn, import_gpt2_class
 from gpu_probe.stats import percentile
 
 DEFAULT_LOCAL_MODEL = "/models/gpt2"
@@ -212,6 +212,11 @@ def measure(ctx: Context, result: LayerResult) -> None:
         "first token; tokens_per_s = all new tokens / all generate time"
     )
     _regression_metric(torch, model, prompt_ids, result)
+    result.metrics["torch_dynamo_imported"] = "torch._dynamo" in sys.modules and not isinstance(
+        sys.modules["torch._dynamo"], DynamoStandIn
+    )
+    if REAL_DYNAMO_BECAUSE:
+        result.evidence["torch_dynamo"] = "imported for real because of: " + ", ".join(REAL_DYNAMO_BECAUSE)
     if device.startswith("cuda"):
         result.set("pass")
     else:
