@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from testbed import build, lifecycle, versions
+from testbed import build, hostcheck, lifecycle, versions
 from testbed.errors import TestbedError
 
 
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="say what runs")
     sub.add_parser("env", help="print shell exports: KUBECONFIG and the AWS_* variables for MinIO")
     sub.add_parser("build", help="only build (or verify) the cached binaries")
+    sub.add_parser(
+        "check-clean",
+        help="after `down`: list what the testbed left on this host, compared with before `up`",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -36,12 +40,30 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"export {key}={shlex.quote(value)}")
         elif args.command == "build":
             build.ensure_built()
+        elif args.command == "check-clean":
+            return check_clean()
         else:
             return print_status()
     except TestbedError as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_clean() -> int:
+    """Exit 0 when nothing of the testbed is left, 1 listing what is, 3 while it is still up."""
+    if lifecycle.status()[0] is not None:
+        print("testbed: still up; run `python -m testbed down` first")
+        return 3
+    before = hostcheck.load_baseline()
+    if before is None:
+        print("testbed: no baseline: `up` never started anything here, so nothing can be left")
+        return 0
+    left = hostcheck.differences(before, hostcheck.snapshot())
+    for item in left:
+        print(f"  left behind: {item}")
+    print(f"testbed: {len(left)} thing(s) left behind" if left else "testbed: nothing left behind")
+    return 1 if left else 0
 
 
 def print_status() -> int:
@@ -57,6 +79,9 @@ def print_status() -> int:
     print(f"  S3 endpoint {state.s3_endpoint}")
     for name, ok in checks.items():
         print(f"  {'running' if ok else 'DOWN   '}  {name}")
+    running = lifecycle.testbed_of(state, started_here=False)
+    if running.real_node:
+        print(f"  real node {running.real_node}, probe image {running.probe_image}")
     return 0 if all(checks.values()) else 1
 
 

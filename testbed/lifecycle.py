@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed import build, cluster, versions
+from testbed import build, cluster, hostcheck, versions
 from testbed.build import fmt_duration, log
 from testbed.errors import TestbedError
 from testbed.minio import minio_ready, start_minio, wait_minio
+from testbed.node import NodeOptions, NodeState, node_healthy, start_node, stop_node
 from testbed.nodes import default_nodes
 from testbed.recordings import recordings_dir
 from testbed.state import Proc, State, is_alive, locked, start, state_dir, stop
@@ -26,6 +27,8 @@ class Testbed:
     env: dict[str, str]
     recordings_dir: Path  # where the recording controller reads `<name>.log` from
     started_here: bool  # False when `up` found it already running
+    real_node: str | None = None  # the node with a real kubelet (testbed/node.py), tainted REAL_NODE_TAINT
+    probe_image: str | None = None  # an image present on the real node that runs the suite's probe
 
     __test__ = False
 
@@ -47,7 +50,15 @@ def client_env(state: State | None = None) -> dict[str, str]:
 
 def testbed_of(state: State, started_here: bool) -> Testbed:
     """The client's view of a running testbed."""
-    return Testbed(Path(state.kubeconfig), client_env(state), Path(state.recordings_dir), started_here)
+    node = NodeState.from_dict(state.real_node) if state.real_node else None
+    return Testbed(
+        Path(state.kubeconfig),
+        client_env(state),
+        Path(state.recordings_dir),
+        started_here,
+        real_node=node.name if node else None,
+        probe_image=node.images.get("probe") if node else None,
+    )
 
 
 def kwok_pids(state: State) -> dict[str, int]:
@@ -80,7 +91,14 @@ def health(state: State) -> dict[str, bool]:
     for name, proc in state.procs.items():
         out[f"{name} (pid {proc.pid})"] = is_alive(proc)
     out[f"minio {state.s3_endpoint}"] = minio_ready(state.s3_endpoint)
+    if state.real_node:
+        out.update(node_healthy(NodeState.from_dict(state.real_node)))
     return out
+
+
+def real_node_wanted() -> bool:
+    """The real node runs unless TESTBED_REAL_NODE=0 (e.g. a host where the kubelet cannot run)."""
+    return os.environ.get("TESTBED_REAL_NODE", "1") != "0"
 
 
 def up(gpu_nodes: int | None = None) -> Testbed:
@@ -90,6 +108,8 @@ def up(gpu_nodes: int | None = None) -> Testbed:
         state = State.load()
         if state is not None:
             checks = health(state)
+            if bool(state.real_node) != real_node_wanted():
+                checks["real node as wanted (TESTBED_REAL_NODE)"] = False
             if all(checks.values()):
                 gpu_count, changed = set_nodes(state, gpu_nodes)
                 if changed:
@@ -116,6 +136,7 @@ def step(what: str, since: float) -> float:
 def _start(gpu_nodes: int | None, t0: float) -> State:
     bindir = build.ensure_built()
     t = step("binaries ready", t0)
+    hostcheck.save_baseline(hostcheck.snapshot())  # what `check-clean` compares with after `down`
     sdir = state_dir()
     shutil.rmtree(sdir, ignore_errors=True)
     sdir.mkdir(parents=True)
@@ -151,7 +172,10 @@ def _start(gpu_nodes: int | None, t0: float) -> State:
             cluster.wait_ready(c, state.nodes, gpu_count)
         t = step("nodes Ready, device plugin pods Ready, recording controller watching", t)
         wait_minio(minio_proc, endpoint)
-        step(f"MinIO ready at {endpoint}", t)
+        t = step(f"MinIO ready at {endpoint}", t)
+        if real_node_wanted():
+            start_real_node(state, bindir, sdir)
+            step("real node Ready", t)
     except BaseException:
         log(
             f"start failed: state kept in {sdir} (logs in {sdir}/logs and {state.kwok_workdir}); "
@@ -160,6 +184,28 @@ def _start(gpu_nodes: int | None, t0: float) -> State:
         raise
     log(f"testbed up in {fmt_duration(time.monotonic() - t0)}")
     return state
+
+
+def start_real_node(state: State, bindir: Path, sdir: Path, options: NodeOptions | None = None) -> None:
+    """The kubelet + containerd node (testbed/node.py), registered with the running control plane."""
+
+    def remember(ns: NodeState) -> None:
+        state.real_node = ns.to_dict()
+        state.save()
+
+    kwok_dir = Path(state.kwok_workdir)
+    with cluster.api(Path(state.kubeconfig)) as c:
+        ns = start_node(
+            sdir,
+            bindir,
+            c,
+            server=c.configuration.host,
+            pki=cluster.pki_dir(kwok_dir),
+            image_cache=versions.cache_root() / versions.version_key() / "images",
+            options=options,
+            on_state=remember,
+        )
+    remember(ns)
 
 
 def set_nodes(state: State, gpu_nodes: int | None) -> tuple[int, bool]:
@@ -216,6 +262,10 @@ def down() -> bool:
 def _down(state: State) -> None:
     t = time.monotonic()
     problems: list[str] = []
+    if state.real_node:
+        node = NodeState.from_dict(state.real_node)
+        problems += stop_node(node)
+        t = step(f"real node {node.name} stopped", t)
     for name, proc in state.procs.items():
         if stop(proc):
             log(f"stopped {name} (pid {proc.pid})")
