@@ -387,7 +387,14 @@ def pause_version() -> str:
 
 def build_pause(workdir: Path, out: Path) -> None:
     """The sandbox image's only program, from pause.c in the pinned k8s.io/kubernetes module (gcc -static)."""
-    ensure_debian_packages({"/usr/bin/gcc": "gcc", "/usr/lib/x86_64-linux-gnu/libc.a": "libc6-dev"})
+    # openssl too: `up` signs the real node's kubelet certificate with it.
+    ensure_debian_packages(
+        {
+            "/usr/bin/gcc": "gcc",
+            "/usr/lib/x86_64-linux-gnu/libc.a": "libc6-dev",
+            "/usr/bin/openssl": "openssl",
+        }
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     logfile = workdir / "build.log"
     write_module(workdir, "pause")

@@ -443,6 +443,10 @@ def kubelet_kubeconfig(server: str, ca: Path, cert: Path, key: Path) -> str:
 
 def node_client_cert(pki: Path, out: Path, node: str) -> tuple[Path, Path]:
     """Sign a kubelet client certificate with the testbed's CA (kwokctl's pki) using openssl."""
+    if shutil.which("openssl") is None:
+        raise TestbedError(
+            "openssl is not installed (the real node's kubelet certificate): apt-get install openssl"
+        )
     out.mkdir(parents=True, exist_ok=True)
     key, csr, cert = out / "kubelet.key", out / "kubelet.csr", out / "kubelet.crt"
     steps = [
