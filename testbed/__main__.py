@@ -1,12 +1,13 @@
-"""`python -m testbed up | down | status | env | build`."""
+"""`python -m testbed up | down | status | env | build | check-clean | bundle | unpack-bundle`."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
-from testbed import build, hostcheck, lifecycle, versions
+from testbed import build, gpuhost, hostcheck, lifecycle, versions
 from testbed.errors import TestbedError
 
 
@@ -21,6 +22,35 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="N identical 1-GPU nodes gpu-node-1..N instead of the single gpu-node-1",
     )
+    p_up.add_argument(
+        "--gpu-host",
+        action="store_true",
+        help="on a host with an NVIDIA driver: a single-node cluster on this host's GPUs (real kubelet, "
+        "containerd, NVIDIA device plugin with CDI); no simulated nodes, no MinIO",
+    )
+    p_up.add_argument(
+        "--bin-dir",
+        type=Path,
+        help="--gpu-host: the unpacked bundle (default: the binaries built here, when Go is available)",
+    )
+    p_up.add_argument(
+        "--python",
+        default=sys.executable,
+        help="--gpu-host: the interpreter with torch + transformers for the probe image (default: this one)",
+    )
+    p_up.add_argument(
+        "--time-slicing",
+        type=int,
+        default=1,
+        metavar="N",
+        help="--gpu-host: N nvidia.com/gpu per physical GPU by the device plugin's time-slicing (1: off)",
+    )
+    p_bundle = sub.add_parser("bundle", help="pack every binary a GPU host needs into parts that travel")
+    p_bundle.add_argument("--out", type=Path, required=True, help="directory for part-1, part-2, ...")
+    p_bundle.add_argument("--max-part-mib", type=float, default=58.0, help="largest part (58)")
+    p_unpack = sub.add_parser("unpack-bundle", help="on the GPU host: unpack the parts into a bin dir")
+    p_unpack.add_argument("parts", type=Path, nargs="+", help="the part directories")
+    p_unpack.add_argument("--bin-dir", type=Path, required=True)
     sub.add_parser("down", help="stop exactly what `up` started and remove its state")
     sub.add_parser("status", help="say what runs")
     sub.add_parser("env", help="print shell exports: KUBECONFIG and the AWS_* variables for MinIO")
@@ -31,8 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        if args.command == "up":
+        if args.command == "up" and args.gpu_host:
+            lifecycle.up(gpu_host=gpu_host_options(args))
+        elif args.command == "up":
             lifecycle.up(args.gpu_nodes)
+        elif args.command == "bundle":
+            build.ensure_built()
+            gpuhost.ensure_nvidia_built()
+            gpuhost.make_bundle(args.out, args.max_part_mib)
+        elif args.command == "unpack-bundle":
+            gpuhost.unpack(args.parts, args.bin_dir)
         elif args.command == "down":
             lifecycle.down()
         elif args.command == "env":
@@ -48,6 +86,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"testbed: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def gpu_host_options(args: argparse.Namespace) -> gpuhost.GpuHost:
+    """--gpu-host's options; without --bin-dir the binaries are built here (needs Go) and merged."""
+    if args.time_slicing < 1:
+        raise TestbedError(f"--time-slicing must be at least 1, got {args.time_slicing}")
+    bindir = args.bin_dir
+    if bindir is None:
+        bindir = gpuhost.merged_bin_dir(build.ensure_built(), gpuhost.ensure_nvidia_built())
+    return gpuhost.GpuHost(
+        bin_dir=str(bindir.resolve()),
+        python=args.python,
+        time_slicing=args.time_slicing,
+        node_name=gpuhost.node_name(),
+    )
 
 
 def check_clean() -> int:

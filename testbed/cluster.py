@@ -84,8 +84,16 @@ def kwokctl(bindir: Path, workdir: Path, args: list[str], timeout: float = 300) 
     return proc.stdout + proc.stderr
 
 
-def create_cluster(bindir: Path, workdir: Path, kubeconfig: Path) -> None:
-    """kwokctl create cluster, every component pointed at a local binary (a path is linked, never fetched)."""
+def create_cluster(bindir: Path, workdir: Path, kubeconfig: Path, kwok_controller: bool = True) -> None:
+    """kwokctl create cluster, every component pointed at a local binary (a path is linked, never fetched).
+
+    Without `kwok_controller` (a GPU host: no simulated nodes) kwokctl starts only the real control plane.
+    """
+    kwok_args = (
+        ["--kwok-controller-binary", str(bindir / "kwok")]
+        if kwok_controller
+        else ["--disable", "kwok-controller"]
+    )
     config_file = workdir.parent / "kwok-stages.yaml"
     config_file.write_text(
         kwok_config_yaml() + "---\n" + yaml.safe_dump(kwokctl_patches(workdir), sort_keys=False)
@@ -110,8 +118,7 @@ def create_cluster(bindir: Path, workdir: Path, kubeconfig: Path) -> None:
             str(bindir / "kube-scheduler"),
             "--kube-controller-manager-binary",
             str(bindir / "kube-controller-manager"),
-            "--kwok-controller-binary",
-            str(bindir / "kwok"),
+            *kwok_args,
             "--etcd-binary",
             str(bindir / "etcd"),
             # Namespaced Logs objects are how the recording controller attaches a recording to one pod.

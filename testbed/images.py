@@ -362,9 +362,16 @@ def probe_image_spec(extra_paths: Sequence[str] = (), python: str = "/usr/bin/py
         files=passwd_files(),
         exclude_names=STDLIB_EXCLUDE,
         user=f"{PROBE_UID}:{PROBE_UID}",
-        env=("PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"),
+        env=(f"PATH={image_path(python)}", "LANG=C.UTF-8"),
         cmd=("python3",),
     )
+
+
+def image_path(python: str) -> str:
+    """PATH for the image: the interpreter's own directory first (a venv's bin/ holds its python3)."""
+    system = ["/usr/local/bin", "/usr/bin", "/bin"]
+    first = os.path.dirname(os.path.abspath(python))
+    return ":".join([first, *(d for d in system if d != first)])
 
 
 def pause_image_spec(pause_binary: Path, version: str) -> ImageSpec:

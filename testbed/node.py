@@ -122,6 +122,7 @@ class NodeOptions:
     name: str = REAL_NODE_NAME
     fake_gpus: int = 4  # FAKE nvidia.com/gpu devices; 0: no fake plugin (a GPU host runs the real one)
     probe_paths: tuple[str, ...] = ()  # more host paths for the probe image (a GPU host: its torch venv)
+    probe_python: str = "/usr/bin/python3"  # the probe image's python3 (a GPU host: the venv's, with torch)
     node_ip: str | None = None
     ready_timeout_s: float = 120.0
     # REAL_NODE_TAINT keeps every pod that does not ask for the real node off it (kwok self-tests, default
@@ -416,7 +417,7 @@ def kubelet_config(
         "resolvConf": "/etc/resolv.conf" if Path("/etc/resolv.conf").exists() else "",
         "syncFrequency": "10s",
         "fileCheckFrequency": "10s",
-        "nodeStatusUpdateFrequency": "5s",
+        "nodeStatusUpdateFrequency": "1s",  # the fake plugin's GPUs show up in allocatable sooner
         "serializeImagePulls": False,
     }
     if ns.cgroup_version == 1:
@@ -550,7 +551,7 @@ def image_specs(bindir: Path, options: NodeOptions) -> dict[str, images.ImageSpe
     """The images the node needs, by role."""
     specs = {
         "pause": images.pause_image_spec(bindir / "pause", pause_version()),
-        "probe": images.probe_image_spec(options.probe_paths),
+        "probe": images.probe_image_spec(options.probe_paths, options.probe_python),
     }
     if options.fake_gpus:
         specs["fake-device-plugin"] = images.device_plugin_image_spec(bindir / "fake-gpu-device-plugin")

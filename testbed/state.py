@@ -49,6 +49,7 @@ class State:
     procs: dict[str, Proc] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
     started_at: float = 0.0
+    gpu_host: dict[str, Any] = field(default_factory=dict)  # testbed.gpuhost.GpuHost, on a real GPU host
     real_node: dict[str, Any] = field(default_factory=dict)  # testbed.node.NodeState, when the real node runs
 
     @classmethod
