@@ -9,6 +9,7 @@ The probe is replaced where a test needs one by a `probe_run` override that read
 from __future__ import annotations
 
 import json
+import os
 import signal
 import textwrap
 from pathlib import Path
@@ -41,7 +42,7 @@ def probe_run(run_state):
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A throwaway project in which the installed plugin is active, with no GPU_ACCEPTANCE_* variable."""
     monkeypatch.setenv("KUBECONFIG", "/nonexistent")
-    for name in [n for n in __import__("os").environ if n.startswith("GPU_ACCEPTANCE_")]:
+    for name in [n for n in os.environ if n.startswith("GPU_ACCEPTANCE_")]:
         monkeypatch.delenv(name)
     return pytester
 
