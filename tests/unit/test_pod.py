@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from k8s_gpu_acceptance.pods import PodRun, build_probe_pod, classify_pod, probe_configmap_data, probe_configmap_items
+from k8s_gpu_acceptance.pods import (
+    PodRun,
+    build_probe_pod,
+    classify_pod,
+    probe_configmap_data,
+    probe_configmap_items,
+)
 from k8s_gpu_acceptance.probe import probe_from_pod
 from k8s_gpu_acceptance.settings import Settings, Toleration
 
