@@ -12,18 +12,27 @@ DaemonSet, with GPU Feature Discovery's labels. This module owns:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import lzma
 import os
+import re
 import shutil
+import socket
 import subprocess
-import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed import build, versions
+from kubernetes import client
+
+from testbed import build, cluster, images, versions
 from testbed.build import Component, fmt_duration, log, run_go, write_module
 from testbed.errors import TestbedError
+from testbed.node import NodeOptions
 
 DEVICE_PLUGIN_VERSION = "v0.19.1"
 # The device plugin's go.mod pins a pseudo-version of the toolkit whose checksum the proxy refuses; the
@@ -115,37 +124,6 @@ def ensure_nvidia_built() -> Path:
             raise TestbedError(f"{c.name} was built but reports {got}, expected {c.expect!r}")
         log(f"built {c.name} in {fmt_duration(time.monotonic() - started)}: {got}")
     return bindir
-
-
-def bundle(out: Path, node_bins: list[Path], images: list[Path]) -> Path:
-    """One tar.xz with every binary and image the GPU host needs: the device tool carries 64 MiB a call.
-
-    Binaries go under bin/ (symlinks kept, so the multicall Kubernetes binary travels once), images under
-    images/. xz -9 with all cores: 56 MiB measured for the same set in REFERENCE.md.
-    """
-    started = time.monotonic()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    raw = out.with_suffix("")  # .tar
-    with tarfile.open(raw, "w") as tar:
-        for path in node_bins:
-            tar.add(path, arcname=f"bin/{path.name}", recursive=False)
-        for path in images:
-            tar.add(path, arcname=f"images/{path.name}")
-    if shutil.which("xz") is None:
-        raise TestbedError("xz is not installed: apt-get install xz-utils")
-    subprocess.run(["xz", "-9", "-T0", "-f", str(raw)], check=True)
-    size = out.stat().st_size / 2**20
-    log(f"bundle {out} ({size:.1f} MiB) in {fmt_duration(time.monotonic() - started)}")
-    return out
-
-
-def unpack(bundle_path: Path, dest: Path) -> Path:
-    """Unpack a bundle on the GPU host; returns its bin directory."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(bundle_path, "r:xz") as tar:
-        tar.extractall(dest, filter="tar")
-    os.chmod(dest / "bin", 0o755)
-    return dest / "bin"
 
 
 # --- the real NVIDIA device plugin, as a DaemonSet on the real node ----------------------------------------
@@ -251,3 +229,397 @@ def gfd_labels(output: str) -> dict[str, str]:
         if sep and key.startswith("nvidia.com/"):
             labels[key] = value
     return labels
+
+
+def config_digest(config: str) -> str:
+    """Short digest of the plugin config: a new value in the pod template rolls the plugin pod."""
+    return hashlib.sha256(config.encode()).hexdigest()[:12]
+
+
+def apply_device_plugin(api_client: client.ApiClient, bindir: Path, replicas: int) -> str:
+    """Create or update the plugin's ConfigMap and DaemonSet; returns the config text applied."""
+    core = client.CoreV1Api(api_client)
+    apps = client.AppsV1Api(api_client)
+    config = sharing_config(replicas)
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": PLUGIN_CONFIGMAP, "namespace": "kube-system"},
+        "data": {"config.yaml": config},
+    }
+    cluster.create_or_replace(
+        lambda: core.create_namespaced_config_map("kube-system", configmap),
+        lambda: core.replace_namespaced_config_map(PLUGIN_CONFIGMAP, "kube-system", configmap),
+    )
+    ds = device_plugin_daemonset(
+        str(bindir / "nvidia-device-plugin"), str(bindir / "nvidia-cdi-hook"), config_digest(config)
+    )
+    name = ds["metadata"]["name"]
+    cluster.create_or_replace(
+        lambda: apps.create_namespaced_daemon_set("kube-system", ds),
+        lambda: apps.replace_namespaced_daemon_set(name, "kube-system", ds),
+    )
+    return config
+
+
+def wait_gpus_advertised(api_client: client.ApiClient, node: str, expected: int, timeout: float) -> None:
+    """Watch the node until allocatable nvidia.com/gpu is `expected` (the plugin registered and listed)."""
+    core = client.CoreV1Api(api_client)
+
+    def advertised(nodes: Any) -> bool:
+        return any((n.status.allocatable or {}).get("nvidia.com/gpu") == str(expected) for n in nodes.items)
+
+    cluster.wait_for(
+        core.list_node,
+        advertised,
+        f"node {node} to advertise nvidia.com/gpu={expected} (device plugin registered)",
+        timeout,
+        field_selector=f"metadata.name={node}",
+    )
+
+
+def apply_gfd_labels(
+    api_client: client.ApiClient, node: str, bindir: Path, config: str, work: Path
+) -> dict[str, str]:
+    """Run GPU Feature Discovery once on this host and put its labels on the node (NFD's job elsewhere)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "gfd-config.yaml").write_text(config)
+    output = work / "gfd-labels"
+    proc = subprocess.run(
+        [
+            str(bindir / "gpu-feature-discovery"),
+            "--oneshot",
+            "--no-timestamp",
+            f"--output-file={output}",
+            f"--config-file={work / 'gfd-config.yaml'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise TestbedError(f"gpu-feature-discovery failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    labels = gfd_labels(output.read_text())
+    if not labels:
+        raise TestbedError(f"gpu-feature-discovery wrote no nvidia.com/ labels to {output}")
+    core = client.CoreV1Api(api_client)
+    # Labels GFD no longer reports (e.g. replicas after sharing is turned off) are removed: None deletes.
+    current = core.read_node(node).metadata.labels or {}
+    stale = {k: None for k in current if k.startswith("nvidia.com/") and k not in labels}
+    core.patch_node(node, {"metadata": {"labels": {**stale, **labels}}})
+    return labels
+
+
+# --- the bundle: what travels to a GPU host with no network -----------------------------------------------
+
+# Node and control-plane binaries from the testbed's bin dir (kwok's controller stays home: the GPU host has
+# no simulated nodes, and kwokctl runs with --disable kwok-controller; MinIO too: no S3 there).
+HOST_BINARIES = (
+    "kube",
+    "etcd",
+    "kwokctl",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "ctr",
+    "runc",
+    "pause",
+)
+KUBE_LINKS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager", "kubelet", "kubectl")
+NVIDIA_BINARIES = ("nvidia-device-plugin", "gpu-feature-discovery", "nvidia-cdi-hook")
+MANIFEST = "bundle.json"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One binary in the bundle: its path under bin/, its xz file, and the digest of its raw bytes."""
+
+    name: str
+    xz: str
+    sha256: str
+    size: int
+
+
+def bundle_members(bindir: Path, nvidia_bindir: Path) -> list[tuple[str, Path]]:
+    """(name under bin/, source file) for everything the GPU host runs."""
+    cni = sorted(p for p in (bindir / "cni").iterdir() if p.is_file())
+    members = [(n, bindir / n) for n in HOST_BINARIES] + [(f"cni/{p.name}", p) for p in cni]
+    members += [(n, nvidia_bindir / n) for n in NVIDIA_BINARIES]
+    missing = [str(path) for _, path in members if not path.is_file()]
+    if missing:
+        raise TestbedError(f"cannot bundle: not built: {', '.join(missing)} (run `python -m testbed build`)")
+    return members
+
+
+def compress(source: Path, cache: Path) -> Member:
+    """xz -9 one binary, cached by content (a rebuilt binary is compressed again, an unchanged one not)."""
+    digest = sha256_file(source)
+    out = cache / f"{digest}.xz"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            subprocess.run(["xz", "-9", "-T1", "-c", str(source)], stdout=fh, check=True)
+        os.replace(tmp, out)
+    return Member(name=source.name, xz=out.name, sha256=digest, size=source.stat().st_size)
+
+
+def sha256_file(path: Path) -> str:
+    """Digest in 1 MiB reads (binaries are up to 140 MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_bundle(out_dir: Path, max_part_mib: float = 58.0) -> list[Path]:
+    """Compress every member (2 at a time) and pack them into parts of at most `max_part_mib` each.
+
+    The device tool carries 64 MiB a call (the repository included), and what one call writes stays on the
+    machine for the next: so the host receives part after part and `unpack` reads them all. Each part holds
+    a `bundle.json` naming its members, their raw digests (checked after decompressing) and the symlinks.
+    """
+    if shutil.which("xz") is None:
+        raise TestbedError("xz is not installed: apt-get install xz-utils")
+    started = time.monotonic()
+    members = bundle_members(versions.bin_dir(), nvidia_bin_dir())
+    cache = versions.cache_root() / "bundle-xz"
+    cache.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(lambda m: compress(m[1], cache), members))
+    packed = [dataclasses.replace(d, name=name) for (name, _), d in zip(members, done, strict=True)]
+    packed.sort(key=lambda m: -(cache / m.xz).stat().st_size)
+    parts: list[list[Member]] = []
+    sizes: list[int] = []
+    limit = int(max_part_mib * 2**20)
+    for member in packed:  # first fit, largest first
+        size = (cache / member.xz).stat().st_size
+        for i, used in enumerate(sizes):
+            if used + size <= limit:
+                parts[i].append(member)
+                sizes[i] += size
+                break
+        else:
+            if size > limit:
+                raise TestbedError(
+                    f"{member.name} alone is {size / 2**20:.1f} MiB xz: over {max_part_mib} MiB"
+                )
+            parts.append([member])
+            sizes.append(size)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    dirs = []
+    for i, part in enumerate(parts, 1):
+        pdir = out_dir / f"part-{i}"
+        pdir.mkdir(parents=True)
+        for member in part:
+            shutil.copy2(cache / member.xz, pdir / member.xz)
+        manifest = {
+            "members": [dataclasses.asdict(m) for m in part],
+            "links": {name: "kube" for name in KUBE_LINKS},
+            "versions": {**versions.PINS, **PINS},
+        }
+        (pdir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        dirs.append(pdir)
+        log(f"bundle part {i}: {len(part)} binaries, {sizes[i - 1] / 2**20:.1f} MiB -> {pdir}")
+    took = fmt_duration(time.monotonic() - started)
+    log(f"bundle of {len(packed)} binaries in {len(dirs)} part(s) in {took}")
+    return dirs
+
+
+def unpack(part_dirs: list[Path], bindir: Path) -> Path:
+    """On the GPU host: decompress every part's members into `bindir`, check digests, make the symlinks."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for pdir in part_dirs:
+        manifest = json.loads((pdir / MANIFEST).read_text())
+        for raw in manifest["members"]:
+            member = Member(**raw)
+            target = bindir / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (
+                target.is_file()
+                and target.stat().st_size == member.size
+                and sha256_file(target) == member.sha256
+            ):
+                continue
+            with lzma.open(pdir / member.xz) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            if sha256_file(target) != member.sha256:
+                raise TestbedError(
+                    f"{target}: digest differs from the bundle's: a part was damaged in transit"
+                )
+            target.chmod(0o755)
+            count += 1
+        for name, dest in manifest["links"].items():
+            link = bindir / name
+            if not link.is_symlink():
+                link.unlink(missing_ok=True)
+                link.symlink_to(dest)
+    log(f"unpacked {count} binaries into {bindir}")
+    return bindir
+
+
+# --- `python -m testbed up --gpu-host`: the single-node GPU cluster ---------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuHost:
+    """What `up --gpu-host` was asked for; saved in the state so `up` can tell what changed."""
+
+    bin_dir: str  # the unpacked bundle (or the testbed's own bin dir + the NVIDIA one on a host with Go)
+    python: str  # the interpreter whose environment has torch and transformers (goes into the probe image)
+    time_slicing: int = 1  # nvidia.com/gpu replicas per physical GPU (1: no sharing)
+    node_name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """For state.json."""
+        return dataclasses.asdict(self)
+
+
+REQUIRED_BINARIES = (
+    *HOST_BINARIES,
+    *KUBE_LINKS,
+    *NVIDIA_BINARIES,
+    "cni/bridge",
+    "cni/host-local",
+    "cni/loopback",
+)
+
+
+def check_bin_dir(bindir: Path) -> None:
+    """Every binary the GPU host runs is there (no Go on a GPU host: nothing can be built there)."""
+    missing = [b for b in REQUIRED_BINARIES if not (bindir / b).exists()]
+    if missing:
+        raise TestbedError(
+            f"{bindir} lacks {', '.join(missing)}: unpack the bundle there "
+            "(`python -m testbed unpack-bundle PART_DIR... --bin-dir DIR`; "
+            "parts from `python -m testbed bundle`)"
+        )
+
+
+def node_name() -> str:
+    """The host's name as a DNS-1123 node name (a kubelet registers under its hostname by default)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")
+    return name[:63].strip("-") or "gpu-host"
+
+
+ENVIRONMENT_SCRIPT = """
+import json, site, sys, torch, transformers
+paths = [sys.prefix] if sys.prefix != sys.base_prefix else []  # a venv: all of it (pyvenv.cfg, bin, lib)
+paths += [p for p in site.getsitepackages() + [site.getusersitepackages()] if not p.startswith(sys.prefix)]
+print(json.dumps({"paths": paths, "torch": torch.__version__, "transformers": transformers.__version__}))
+"""
+
+
+def python_environment(python: str) -> tuple[tuple[str, ...], str]:
+    """(host paths holding the interpreter's packages, torch version): torch must be importable there.
+
+    A venv goes in whole; a system interpreter brings its site/dist-packages directories.
+    """
+    proc = subprocess.run(
+        [python, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=180, check=False
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise TestbedError(
+            f"{python} cannot import torch and transformers (the probe image is made from its environment): "
+            f"{last}; pass --python with one that can"
+        )
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    paths = tuple(p for p in found["paths"] if os.path.isdir(p))
+    return paths, str(found["torch"])
+
+
+def plugin_image_spec(bindir: Path) -> images.ImageSpec:
+    """NVIDIA's device plugin image from the built binary and the glibc it links (found with ldd)."""
+    return images.ImageSpec(
+        repository=PLUGIN_IMAGE.rsplit(":", 1)[0],
+        tag_prefix=DEVICE_PLUGIN_VERSION,
+        paths=(str(bindir / "nvidia-device-plugin"),),
+        env=("PATH=/usr/bin:/bin",),
+        cmd=(str(bindir / "nvidia-device-plugin"),),
+    )
+
+
+def node_options(host: GpuHost) -> NodeOptions:
+    """The real node of a GPU host: no fake plugin, no taint (the only node), torch in the probe image."""
+    paths, _ = python_environment(host.python)
+    return NodeOptions(
+        name=host.node_name,
+        fake_gpus=0,
+        probe_paths=paths,
+        probe_python=host.python,
+        taints=(),
+        labels=(),
+        extra_images=(("nvidia-device-plugin", plugin_image_spec(Path(host.bin_dir))),),
+        ready_timeout_s=180.0,
+    )
+
+
+def configure_gpus(api_client: client.ApiClient, host: GpuHost, work: Path, timeout: float = 180.0) -> int:
+    """Apply the device plugin with the wanted sharing, wait until the node advertises the GPUs, label it.
+
+    Returns the number of nvidia.com/gpu the node advertises (physical GPUs x time-slicing replicas).
+    """
+    bindir = Path(host.bin_dir)
+    physical = physical_gpus()
+    config = apply_device_plugin(api_client, bindir, host.time_slicing)
+    expected = physical * max(1, host.time_slicing)
+    wait_gpus_advertised(api_client, host.node_name, expected, timeout)
+    labels = apply_gfd_labels(api_client, host.node_name, bindir, config, work)
+    product = labels.get("nvidia.com/gpu.product")
+    sharing = labels.get("nvidia.com/gpu.sharing-strategy")
+    log(
+        f"node {host.node_name}: nvidia.com/gpu={expected} ({physical} physical x "
+        f"{max(1, host.time_slicing)}), GFD labels: product {product}, sharing {sharing}"
+    )
+    return expected
+
+
+def physical_gpus() -> int:
+    """GPUs the driver shows (nvidia-smi -L): what the plugin must advertise, times the replicas."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        raise TestbedError("no nvidia-smi on PATH: a GPU host needs the NVIDIA driver installed")
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60, check=False)
+    gpus = [line for line in proc.stdout.splitlines() if line.startswith("GPU ")]
+    if proc.returncode != 0 or not gpus:
+        raise TestbedError(f"nvidia-smi -L found no GPU ({proc.returncode}): {proc.stderr.strip()}")
+    return len(gpus)
+
+
+CDI_DIR = Path("/var/run/cdi")
+
+
+def cdi_specs() -> list[str]:
+    """The CDI spec files present now (the device plugin writes its own there; `down` removes only that)."""
+    return sorted(p.name for p in CDI_DIR.iterdir()) if CDI_DIR.is_dir() else []
+
+
+def remove_cdi_specs(before: list[str]) -> list[str]:
+    """Remove the CDI specs that appeared while the cluster ran; returns problems."""
+    problems = []
+    for name in set(cdi_specs()) - set(before):
+        try:
+            (CDI_DIR / name).unlink()
+            log(f"removed CDI spec {CDI_DIR / name}")
+        except OSError as exc:
+            problems.append(f"cannot remove {CDI_DIR / name}: {exc}")
+    return problems
+
+
+def same_host(saved: dict[str, Any], wanted: GpuHost) -> bool:
+    """The running GPU host cluster was made from the same binaries, interpreter and node name."""
+    return all(saved.get(k) == getattr(wanted, k) for k in ("bin_dir", "python", "node_name"))
+
+
+def merged_bin_dir(bindir: Path, nvidia: Path) -> Path:
+    """One directory with the testbed's and the NVIDIA binaries (links), for a GPU host that has Go."""
+    merged = versions.cache_root() / "gpuhost-bin"
+    merged.mkdir(parents=True, exist_ok=True)
+    for source in [*bindir.iterdir(), *nvidia.iterdir()]:
+        link = merged / source.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source)
+    return merged
