@@ -1,1 +1,1 @@
-"""k8s-gpu-acceptance: the suite's library (pod lifecycle, checks, reports, fleet sweep, leftovers)."""
+"""Fixtures and hooks of the k8s-gpu-acceptance suite, grouped by concern (see docs/ARCHITECTURE.md)."""

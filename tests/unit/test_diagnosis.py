@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fixtures.diagnosis import (
+from k8s_gpu_acceptance.diagnosis import (
     diagnose_device_plugin,
     diagnose_gpu_count,
     diagnose_probe_layer,
     diagnose_scheduling_failure,
     untolerated_taints,
 )
+from k8s_gpu_acceptance.document import ProbeLayer
 
 # Scheduler messages as kube-scheduler 1.36 writes them (seen on the testbed's real scheduler).
 INSUFFICIENT = (
@@ -73,11 +74,14 @@ def test_device_plugin_rules():
 
 
 def test_no_devices_in_pod_without_runtime_class_points_at_runtime_class():
-    layer = {
-        "status": "fail",
-        "error": "no /dev/nvidia* device nodes; NVML: libnvidia-ml.so.1 not found",
-        "diagnosis": None,
-    }
+    layer = ProbeLayer.of(
+        "driver",
+        {
+            "status": "fail",
+            "error": "no /dev/nvidia* device nodes; NVML: libnvidia-ml.so.1 not found",
+            "diagnosis": None,
+        },
+    )
     d = diagnose_probe_layer(
         "driver", layer, target="k8s", runtime_class=None, env={"NVIDIA_VISIBLE_DEVICES": "GPU-1"}
     )

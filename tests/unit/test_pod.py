@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fixtures.pod import build_probe_pod, classify_pod, probe_configmap_data, probe_configmap_items
-from fixtures.settings import Settings, Toleration
+from k8s_gpu_acceptance.pods import build_probe_pod, classify_pod, probe_configmap_data, probe_configmap_items
+from k8s_gpu_acceptance.settings import Settings, Toleration
 
 
 def _pod(settings: Settings) -> dict:
