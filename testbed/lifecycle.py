@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -92,8 +91,6 @@ def up(gpu_nodes: int | None = None) -> Testbed:
         if state is not None:
             checks = health(state)
             if all(checks.values()):
-                if state.controller_digest != controller_digest():
-                    restart_controller(state)
                 gpu_count, changed = set_nodes(state, gpu_nodes)
                 if changed:
                     with cluster.api(Path(state.kubeconfig)) as c:
@@ -144,7 +141,6 @@ def _start(gpu_nodes: int | None, t0: float) -> State:
             t,
         )
         state.procs["recording-controller"] = start_controller(state, sdir)
-        state.controller_digest = controller_digest()
         state.save()
         gpu_count, _ = set_nodes(state, gpu_nodes)
         t = step(f"{len(state.nodes)} nodes created ({gpu_count} with GPUs)", t)
@@ -192,31 +188,6 @@ def start_controller(state: State, sdir: Path) -> Proc:
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
     env["TESTBED_RECORDINGS_DIR"] = state.recordings_dir
     return start(args, sdir / "logs" / "recording-controller.log", env=env)
-
-
-CONTROLLER_SOURCES = ("controller.py", "recordings.py", "stages.py")
-
-
-def controller_digest() -> str:
-    """What the recording controller would run now: a later `up` restarts one running older code."""
-    here = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for name in CONTROLLER_SOURCES:
-        digest.update((here / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def restart_controller(state: State) -> None:
-    """The controller holds no state of its own (it relists probe pods on start): stop it, start it anew."""
-    t = time.monotonic()
-    sdir = state_dir()
-    stop(state.procs["recording-controller"])
-    (sdir / "controller.ready").unlink(missing_ok=True)
-    state.procs["recording-controller"] = start_controller(state, sdir)
-    state.controller_digest = controller_digest()
-    state.save()
-    wait_controller(state.procs["recording-controller"], sdir / "controller.ready")
-    step("recording controller restarted: its code changed since `up`", t)
 
 
 def wait_controller(proc: Proc, ready_file: Path, timeout: float = 60) -> None:

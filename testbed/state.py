@@ -48,7 +48,6 @@ class State:
     procs: dict[str, Proc] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
     started_at: float = 0.0
-    controller_digest: str = ""  # of the recording controller's code it runs (up restarts it on a change)
 
     @classmethod
     def load(cls, directory: Path | None = None) -> State | None:
