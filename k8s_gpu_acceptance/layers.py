@@ -1,7 +1,8 @@
 """The layers the suite checks, in the order a GPU pod depends on them.
 
-One table, used by the markers, the blocking logic, the diagnosis rules and the reports, so that a layer's
-name, title and dependency are written down exactly once.
+Owns the suite's layer table, used by the markers, the blocking logic, the diagnosis rules and the reports,
+so that a layer's name, order, title and dependency are written down exactly once in the suite. The probe
+keeps its own list (it must stay standalone); tests/unit/test_layer_table.py proves the two agree.
 """
 
 from __future__ import annotations

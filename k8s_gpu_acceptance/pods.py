@@ -1,9 +1,9 @@
 """The one pod lifecycle of the suite: a PodSession and the probe pod built on it.
 
-Owns: the pod spec (`build_probe_pod`, from manifests/probe-pod.yaml), the probe ConfigMap's contents, the
-reading of a pod's state (`classify_pod`, a pure function, and `pod_outcome`, the wait condition built on
-it), and `PodSession`: one namespace (made for the run, or `--namespace`), the probe ConfigMap in it, every
-pod created in it, the waits (through `wait.wait_for`), log reading and cleanup. The probe pod
+Owns: the pod spec (`build_probe_pod`, from manifests/probe-pod.yaml), the probe ConfigMap's contents,
+the reading of a pod's state (`classify_pod`, a pure function; `PodSession.wait_pod` makes it the wait's
+condition), and `PodSession`: one namespace (made for the run, or `--namespace`), the probe ConfigMap in
+it, every pod created in it, the waits (through `wait.wait_for`), log reading and cleanup. The probe pod
 (`run_probe_pod`) and every scenario pod (`sharing.ScenarioPods`, a PodSession) use it.
 
 Known-bad states end a wait at once with the reason; the deadline ends it otherwise. Objects are registered
@@ -40,7 +40,7 @@ from k8s_gpu_acceptance.settings import Settings
 from k8s_gpu_acceptance.wait import Seen, Source, V, exists, gone, wait_for
 
 PROBE_PACKAGE = Path(gpu_probe.__file__).resolve().parent
-POD_TEMPLATE = Path(__file__).resolve().parent.parent / "manifests" / "probe-pod.yaml"
+POD_TEMPLATE = Path("manifests") / "probe-pod.yaml"
 SERVICE_ACCOUNT_WAIT_S = 30.0
 NAMESPACE_GONE_WAIT_S = 60.0
 
@@ -149,6 +149,13 @@ def classify_pod(pod: dict[str, Any], events: list[dict[str, Any]] | None = None
     return Verdict("wait", f"Pending on {pod['spec']['nodeName']}")
 
 
+def pod_template() -> Path:
+    """manifests/probe-pod.yaml of the checkout: beside the package (a checkout or an editable install), else
+    in the current directory (a `pip install .` run from its checkout, as the nightly CronJob does)."""
+    beside = Path(__file__).resolve().parent.parent / POD_TEMPLATE
+    return beside if beside.is_file() else Path.cwd() / POD_TEMPLATE
+
+
 def probe_configmap_data(package: Path = PROBE_PACKAGE) -> dict[str, str]:
     """The probe's modules as ConfigMap keys (a key cannot hold '/', so subpackages use '__')."""
     files = sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
@@ -181,10 +188,10 @@ def build_probe_pod(
     name: str,
     configmap: str,
     items: list[dict[str, str]],
-    template: Path = POD_TEMPLATE,
+    template: Path | None = None,
 ) -> dict[str, Any]:
     """Fill manifests/probe-pod.yaml with this run's options."""
-    pod = copy.deepcopy(yaml.safe_load(template.read_text(encoding="utf-8")))
+    pod = copy.deepcopy(yaml.safe_load((template or pod_template()).read_text(encoding="utf-8")))
     meta = pod["metadata"]
     meta.update(
         name=name,

@@ -87,13 +87,14 @@ def wait_for(
     serialize: Callable[[Any], Any],
     window_s: float = WINDOW_S,
     clock: Callable[[], float] = time.monotonic,
-    watcher: Callable[[], Any] = watch.Watch,
+    watcher: Callable[[], Any] | None = None,
 ) -> Waited[S, V]:
     """List `source`, then watch it, until `condition` gives every object in `names` a verdict or the
     deadline passes (undecided objects are left out of `verdicts`).
 
     `new(name)` makes the Seen record (e.g. a PodState); `serialize` turns the client's objects into API JSON
     (`ApiClient.sanitize_for_serialization`). API errors other than 410 Gone propagate to the caller.
+    `clock` and `watcher` (a Watch factory) are there for the unit test that scripts the API's answers.
     """
     started = clock()
     deadline = started + timeout_s
@@ -125,7 +126,7 @@ def wait_for(
         remaining = deadline - clock()
         if remaining <= 0:
             break
-        stream = watcher()
+        stream = watcher() if watcher is not None else watch.Watch()
         try:
             for event in stream.stream(
                 source.list_func,
