@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from testbed import lifecycle  # noqa: E402  (the checkout's testbed package, as the self-tests use it)
-
+STATE = (
+    Path(os.environ.get("TESTBED_STATE_DIR") or Path.home() / ".cache/k8s-gpu-acceptance/state")
+    / "state.json"
+)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -43,13 +43,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def testbed_state() -> dict:
+    """The running testbed's state file, read as data (any version of the testbed package wrote it)."""
+    try:
+        return json.loads(STATE.read_text())
+    except (OSError, ValueError):
+        raise SystemExit("the testbed is not running: python -m testbed up --gpu-nodes 1000") from None
+
+
 def testbed_processes() -> dict[str, int]:
-    state, _health = lifecycle.status()
-    if state is None:
-        raise SystemExit("the testbed is not running: python -m testbed up --gpu-nodes 1000")
-    pids = {name: pid for name, pid in lifecycle.kwok_pids(state).items() if pid > 0}
-    pids.update({name: proc.pid for name, proc in state.procs.items()})
-    return pids
+    """The testbed's processes: kwokctl's control plane (its pid files) and what `up` started."""
+    state = testbed_state()
+    pid_dir = Path(state["kwok_workdir"]) / "clusters" / state["cluster_name"] / "pids"
+    pids = {path.stem: int(path.read_text().strip() or 0) for path in sorted(pid_dir.glob("*.pid"))}
+    pids.update({name: proc["pid"] for name, proc in state.get("procs", {}).items()})
+    return {name: pid for name, pid in pids.items() if pid > 0}
 
 
 def selector_args(size: int, largest: int) -> list[str]:
@@ -100,7 +108,7 @@ def main() -> int:
     parser.add_argument("--kubeconfig", help="default: the testbed's")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    kubeconfig = args.kubeconfig or lifecycle.client_env()["KUBECONFIG"]
+    kubeconfig = args.kubeconfig or testbed_state()["kubeconfig"]
     print(f"bench_sweep: sizes {sizes}, machine: {os.cpu_count()} CPUs, {os.uname().nodename}", flush=True)
     results = []
     for size in sizes:
