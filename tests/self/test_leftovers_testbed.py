@@ -13,12 +13,11 @@ import sys
 import time
 import uuid
 
-import test_suite_on_testbed as on_testbed
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
+from suiterun import REPO, suite_command
 
-REPO, RECORDING, suite_command = on_testbed.REPO, on_testbed.RECORDING, on_testbed.suite_command
-run_suite = on_testbed.run_suite  # the fixture: a suite subprocess per call, checked for leftovers after
+RECORDING = "testbed.k8s-gpu-acceptance.io/recording"
 EXPIRES = "k8s-gpu-acceptance/expires-at"
 OWNER = "k8s-gpu-acceptance/owner"
 MANAGED = {"app.kubernetes.io/managed-by": "k8s-gpu-acceptance"}

@@ -13,10 +13,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
-import test_suite_on_testbed as on_testbed
 
-RECORDING = on_testbed.RECORDING
-run_suite = on_testbed.run_suite  # the fixture: a suite subprocess per call, checked for leftovers after
+RECORDING = "testbed.k8s-gpu-acceptance.io/recording"
 PROBE_LAYERS = ("driver", "nvidia_smi", "torch_cuda", "gpt2", "gpu_perf")
 DEFAULT_GPU_NODES = {"gpu-node-1", "gpu-node-8"}  # the tolerated ones (nvidia.com/gpu taint on gpu-node-8)
 SCENARIO_NODES = {"gpu-node-ts", "gpu-node-mps", "gpu-node-mig"}
@@ -85,6 +83,27 @@ def test_one_bad_node_fails_only_its_own_rows(run_suite, bad_node):
     failed = sorted(case for case, state in cases.items() if state == "failed")
     assert failed == [case for case in failed if case.endswith(f"[{bad_node}]")] and failed, cases
     assert all(state == "passed" for case, state in cases.items() if case.endswith("[gpu-node-1]")), cases
+
+
+def test_a_really_failing_node_fails_only_its_own_rows(run_suite, testbed):
+    """The testbed's real node (real kubelet and containerd, fake GPUs: allocated, no device injected) really
+    runs its probe pod, and its driver layer fails for that real reason; the kwok nodes pass."""
+    real = getattr(testbed, "real_node", None)
+    if not real:
+        pytest.skip("this testbed has no real node (testbed/node.py)")
+    run = run_suite(
+        "--all-nodes",
+        f"--image={testbed.probe_image}",
+        "--toleration=nvidia.com/gpu:NoSchedule",
+        "--toleration=testbed.k8s-gpu-acceptance.io/real-node=true:NoSchedule",
+    )
+    assert run.ret == 1, run.output
+    nodes = nodes_of(run)
+    assert nodes[real]["status"] == "failed" and nodes[real]["reason"].startswith("driver: "), nodes[real]
+    assert {n for n, e in nodes.items() if e["status"] == "passed"} == DEFAULT_GPU_NODES, nodes
+    cases = junit_cases(run)
+    failed = [case for case, state in cases.items() if state == "failed"]
+    assert failed and all(case.endswith(f"[{real}]") for case in failed), failed
 
 
 def test_label_selector_and_idle_only_choose_the_nodes(run_suite):
