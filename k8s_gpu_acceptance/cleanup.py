@@ -18,9 +18,9 @@ import sys
 
 import pytest
 
-from fixtures.cluster import REQUEST_TIMEOUT, connect, describe_api_error
-from fixtures.settings import Settings
 from k8s_gpu_acceptance import leftovers
+from k8s_gpu_acceptance.cluster import REQUEST_TIMEOUT, connect, describe_api_error
+from k8s_gpu_acceptance.settings import Settings
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -22,6 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from k8s_gpu_acceptance.reachability import check
 from k8s_gpu_acceptance.settings import Settings
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -179,6 +180,7 @@ class ClusterFacts:
     description: str
     reachable: bool = False
     error: str | None = None
+    unreachable_kind: str | None = None  # reachability.Unreachable.kind: refused, timeout, dns, tls, ...
     version: str | None = None
     nodes: list[NodeFacts] = field(default_factory=list)
 
@@ -206,6 +208,10 @@ def node_facts(node: client.V1Node) -> NodeFacts:
 def gather_cluster_facts(connection: Connection) -> ClusterFacts:
     """Ask the API server for its version and nodes; never raises, failures become `error`."""
     facts = ClusterFacts(server=connection.server, description=connection.description)
+    unreachable = check(connection.api, connection.server, proxy=connection.api.configuration.proxy)
+    if unreachable is not None:
+        facts.error, facts.unreachable_kind = unreachable.seen, unreachable.kind
+        return facts
     try:
         version = client.VersionApi(connection.api).get_code(_request_timeout=REQUEST_TIMEOUT)
         facts.version = version.git_version

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fixtures.run import MANAGED_BY_KEY, MANAGED_BY_VALUE, RUN_ID_KEY
+from k8s_gpu_acceptance.run import MANAGED_BY_KEY, MANAGED_BY_VALUE, RUN_ID_KEY
 
 EXPIRES_AT_KEY = "k8s-gpu-acceptance/expires-at"
 OWNER_KEY = "k8s-gpu-acceptance/owner"

@@ -14,6 +14,7 @@ alike; with --keep it is skipped and the objects are named instead.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from k8s_gpu_acceptance import leftovers
 from k8s_gpu_acceptance.cluster import (
     GPU_RESOURCE,
     REQUEST_TIMEOUT,
@@ -33,7 +35,7 @@ from k8s_gpu_acceptance.cluster import (
     api_message,
     describe_api_error,
 )
-from k8s_gpu_acceptance.run import RUN_ID_KEY, run_labels, run_selector
+from k8s_gpu_acceptance.run import run_labels, run_selector
 from k8s_gpu_acceptance.settings import Settings
 from k8s_gpu_acceptance.wait import Seen, Source, V, exists, gone, wait_for
 
@@ -277,6 +279,29 @@ class PodSession:
         self.created: list[tuple[str, str]] = []
         self.created_namespace = False
         self.opened = False
+        self.owner = leftovers.current_owner()
+        self.expires: dt.datetime | None = None  # the namespace's expiry as last written
+
+    def lease(self) -> dict[str, str]:
+        """The expiry and owner annotations every object of this session carries (see leftovers.py)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        notes = leftovers.lease_annotations(now, self.settings.pod_timeout, self.owner)
+        return notes
+
+    def renew(self) -> None:
+        """Before another wait: push the namespace's expiry past it, so no other run reaps it meanwhile
+        (one patch per half margin at most, however many pods the session creates)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        current = (
+            {leftovers.EXPIRES_AT_KEY: self.expires.strftime("%Y-%m-%dT%H:%M:%SZ")} if self.expires else {}
+        )
+        if not self.created_namespace or not leftovers.needs_renewal(current, now, self.settings.pod_timeout):
+            return
+        notes = self.lease()
+        self.core.patch_namespace(
+            self.namespace, {"metadata": {"annotations": notes}}, _request_timeout=REQUEST_TIMEOUT
+        )
+        self.expires = leftovers.parse_time(notes[leftovers.EXPIRES_AT_KEY])
 
     def name(self, what: str) -> str:
         """A pod name of this run: `<what>-<run id>`, within the 63 characters a name may have."""
@@ -288,11 +313,13 @@ class PodSession:
         if self.opened:
             return
         labels = run_labels(self.run_id)
+        notes = self.lease()
         if self.settings.namespace is None:
-            body = {"metadata": {"name": self.namespace, "labels": labels}}
+            body = {"metadata": {"name": self.namespace, "labels": labels, "annotations": notes}}
             self.core.create_namespace(body, _request_timeout=REQUEST_TIMEOUT)
             self.created_namespace = True
             self.created.append(("namespace", self.namespace))
+            self.expires = leftovers.parse_time(notes[leftovers.EXPIRES_AT_KEY])
             # Admission rejects pods until the controller-manager has made the namespace's `default`
             # ServiceAccount (a race every fresh namespace has). Not there in time: creating the pod fails
             # with the API server's own clear message.
@@ -307,7 +334,8 @@ class PodSession:
                 SERVICE_ACCOUNT_WAIT_S,
             )
         data = probe_configmap_data()
-        configmap = {"metadata": {"name": self.configmap_name, "labels": labels}, "data": data}
+        meta = {"name": self.configmap_name, "labels": labels, "annotations": notes}
+        configmap = {"metadata": meta, "data": data}
         self.core.create_namespaced_config_map(self.namespace, configmap, _request_timeout=REQUEST_TIMEOUT)
         self.created.append(("configmap", self.configmap_name))
         self.items = probe_configmap_items(data)
@@ -315,6 +343,8 @@ class PodSession:
 
     def create_pod(self, pod: dict[str, Any]) -> None:
         """Create a pod in the session's namespace; registered first, so a half-made run is cleaned too."""
+        self.renew()
+        pod["metadata"]["annotations"] = {**(pod["metadata"].get("annotations") or {}), **self.lease()}
         self.created.append(("pod", pod["metadata"]["name"]))
         self.core.create_namespaced_pod(self.namespace, pod, _request_timeout=REQUEST_TIMEOUT)
 
@@ -484,10 +514,13 @@ class PodSession:
         """Delete what this session created (newest first); returns problems, for the caller to warn about."""
         problems: list[str] = []
         if self.settings.keep:
-            what = ", ".join(f"{kind}/{name}" for kind, name in self.created) or "nothing"
+            what = ", ".join(f"{kind}/{name}" for kind, name in self.created[:5]) or "nothing"
+            more = f" and {len(self.created) - 5} more" if len(self.created) > 5 else ""
+            problems += self._mark_kept()
             self.progress(
-                f"--keep: left {what} in namespace {self.namespace}; delete with: kubectl delete "
-                f"ns,all,cm -A -l {RUN_ID_KEY}={self.run_id}"
+                f"--keep: left {what}{more} in namespace {self.namespace} for "
+                f"{leftovers.KEEP_TTL_S / 3600:.0f} h (a later run reaps them after that); delete now with: "
+                f"python -m k8s_gpu_acceptance.cleanup --run-id {self.run_id} --delete"
             )
             return problems
         options = client.V1DeleteOptions(grace_period_seconds=0, propagation_policy="Background")
@@ -502,7 +535,10 @@ class PodSession:
                 n, body=options, _request_timeout=REQUEST_TIMEOUT
             ),
         }
-        for kind, name in reversed(self.created):
+        # Deleting a namespace the session made deletes all in it: one call, not one per pod (a sweep has
+        # a thousand).
+        doomed = [("namespace", self.namespace)] if self.created_namespace else list(reversed(self.created))
+        for kind, name in doomed:
             try:
                 deleters[kind](name)
             except ApiException as exc:
@@ -517,6 +553,29 @@ class PodSession:
         if not problems:
             self.created.clear()  # idempotent: a second call (interrupt, then finalizer) has nothing to do
         return problems
+
+    def _mark_kept(self) -> list[str]:
+        """--keep: no owner (its process ends now on purpose), an expiry a day away."""
+        notes = leftovers.kept_annotations(dt.datetime.now(dt.timezone.utc))
+        patch = {"metadata": {"annotations": notes}}
+        try:
+            if self.created_namespace:
+                self.core.patch_namespace(self.namespace, patch, _request_timeout=REQUEST_TIMEOUT)
+                return []
+            for kind, name in self.created:
+                if kind == "pod":
+                    self.core.patch_namespaced_pod(
+                        name, self.namespace, patch, _request_timeout=REQUEST_TIMEOUT
+                    )
+                elif kind == "configmap":
+                    self.core.patch_namespaced_config_map(
+                        name, self.namespace, patch, _request_timeout=REQUEST_TIMEOUT
+                    )
+        except Exception as exc:
+            return [
+                f"--keep: could not mark the kept objects: {describe_api_error(exc, self.connection.server)}"
+            ]
+        return []
 
     def _wait_namespace_gone(self, wait_s: float) -> list[str]:
         """Watch the namespace until it is gone, so a finished run provably leaves nothing behind."""

@@ -7,7 +7,8 @@ real client for what only HTTP can tell (TLS, credentials, a proxy's answer). So
   exactly the connect timeout, CONNECT_TIMEOUT_S = 5 s;
 - reachable but failing TLS or authentication: answered by the server's own reply.
 Every failure is classified from the exception chain (urllib3 wraps the socket error two levels deep), so
-the report says "connection refused" instead of a MaxRetryError traceback.
+the report says "connection refused" instead of a MaxRetryError traceback; the cause and fix of each kind
+are a rule in diagnosis.py (`diagnose_unreachable`).
 """
 
 from __future__ import annotations
@@ -80,54 +81,6 @@ def classify(exc: BaseException, server: str, connect_timeout_s: float = CONNECT
     if isinstance(root, ConnectionResetError | BrokenPipeError) or "ProtocolError" in names:
         return Unreachable("reset", f"{server} closed the connection ({_first_line(root)})")
     return Unreachable("other", f"cannot reach {server}: {type(root).__name__}: {_first_line(root)}")
-
-
-CAUSE_AND_FIX: dict[str, tuple[str, str]] = {
-    "refused": (
-        "no API server runs at the kubeconfig's address (cluster stopped, wrong port, wrong context)",
-        "start the cluster (minikube start, systemctl start k3s), or pick the right --context/--kubeconfig",
-    ),
-    "timeout": (
-        "the address is black-holed: a firewall or security group drops the packets, the VPN is down, or "
-        "the endpoint is private (EKS endpointPrivateAccess) and this machine is outside",
-        "connect the VPN / run from inside the VPC, open the API server's port (443/6443) to this machine, "
-        "or enable the public endpoint",
-    ),
-    "dns": (
-        "the server name in the kubeconfig does not resolve from here (deleted cluster, private DNS zone)",
-        "refresh the kubeconfig (aws eks update-kubeconfig ...) or use a resolver that knows the name",
-    ),
-    "no-route": (
-        "this machine has no network route to the API server",
-        "check the network/VPN of this machine and the server address in the kubeconfig",
-    ),
-    "reset": (
-        "something between here and the API server closes connections (a proxy, or plain HTTP on an HTTPS "
-        "port)",
-        "check the server URL's scheme and port, and any proxy in between",
-    ),
-    "tls": (
-        "the API server's certificate is not trusted by the kubeconfig's CA (or the name does not match)",
-        "refresh the kubeconfig's certificate-authority-data, and use the server name the certificate has",
-    ),
-    "read-timeout": (
-        "the API server is overloaded or stuck",
-        "check the control plane's health (kubectl get --raw /readyz?verbose)",
-    ),
-    "unauthorized": (
-        "the kubeconfig's credentials are rejected (expired token, wrong user)",
-        "refresh the credentials (e.g. aws eks update-kubeconfig, or re-login to the cluster)",
-    ),
-    "forbidden": (
-        "the identity lacks the permissions the suite needs",
-        "apply manifests/rbac.yaml (or ask the cluster admin for its rules)",
-    ),
-    "http": ("the API server answered with an error", "check the control plane's health"),
-    "other": (
-        "the API server is not reachable from here",
-        "check the cluster, the kubeconfig and the network",
-    ),
-}
 
 
 def _first_line(exc: BaseException) -> str:

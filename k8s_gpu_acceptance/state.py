@@ -18,6 +18,7 @@ import pytest
 from k8s_gpu_acceptance.cluster import ClusterFacts, Connection, DevicePluginFacts
 from k8s_gpu_acceptance.diagnosis import Diagnosis
 from k8s_gpu_acceptance.document import ProbeDocument, ProbeLayer
+from k8s_gpu_acceptance.fleet import SweepPlan, SweepRun
 from k8s_gpu_acceptance.probe import ProbeRun
 from k8s_gpu_acceptance.settings import Settings
 
@@ -52,6 +53,10 @@ class RunState:
     scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
     layers: dict[str, LayerOutcome] = field(default_factory=dict)
     finished_at: dt.datetime | None = None
+    # The fleet sweep (--all-nodes): its pods, and per node the probe's run and each node layer's outcome.
+    sweep: SweepRun | None = None
+    node_probes: dict[str, ProbeRun] = field(default_factory=dict)
+    node_layers: dict[str, dict[str, LayerOutcome]] = field(default_factory=dict)
 
     @property
     def probe_document(self) -> ProbeDocument | None:
@@ -77,3 +82,5 @@ RUN_STATE = pytest.StashKey[RunState]()
 CONNECTION = pytest.StashKey[Connection]()
 """The API client made (and validated) at configure time for an acceptance run on a cluster."""
 REPORTS_ON = pytest.StashKey[bool]()
+SWEEP_PLAN = pytest.StashKey[SweepPlan]()
+"""The fleet sweep's nodes, listed once at collection (its tests are parametrized by node)."""

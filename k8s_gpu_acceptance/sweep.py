@@ -20,14 +20,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fixtures.cluster import NodeFacts
-from fixtures.diagnosis import untolerated_taints
+from k8s_gpu_acceptance.cluster import NodeFacts
+from k8s_gpu_acceptance.diagnosis import untolerated_taints
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
-# 50 pods at once: enough that a 1000-node fleet is 20 waves of one pod round trip each, few enough that
-# 50 nodes pulling a multi-GB image at once do not swamp a registry or the API server's default
-# --max-mutating-requests-inflight (200) with the suite's creates, watches and log reads.
-DEFAULT_MAX_PARALLEL = 50
 VERDICT_LABEL = "k8s-gpu-acceptance/verdict"
 LAST_RUN_ANNOTATION = "k8s-gpu-acceptance/last-run"
 

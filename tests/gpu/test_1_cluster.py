@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.cluster]
 def test_cluster_reachable_and_gpu_nodes_advertise_gpus(cluster_facts, layer_evidence):
     layer_evidence.metrics.update(server=cluster_facts.server, version=cluster_facts.version)
     if not cluster_facts.reachable:
-        fail(diagnose_unreachable(cluster_facts.error or "no answer"))
+        fail(diagnose_unreachable(cluster_facts.error or "no answer", cluster_facts.unreachable_kind))
     ready = [n for n in cluster_facts.nodes if n.ready]
     layer_evidence.metrics.update(
         nodes=len(cluster_facts.nodes),

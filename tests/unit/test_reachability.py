@@ -12,6 +12,7 @@ import urllib3
 from kubernetes import client
 
 from k8s_gpu_acceptance import reachability
+from k8s_gpu_acceptance.diagnosis import diagnose_unreachable
 
 
 @pytest.fixture
@@ -111,9 +112,10 @@ def test_every_kind_has_a_cause_and_a_fix():
         "unauthorized",
         "forbidden",
     }
-    assert kinds <= set(reachability.CAUSE_AND_FIX)
-    for cause, fix in reachability.CAUSE_AND_FIX.values():
-        assert cause and fix
+    for kind in kinds:
+        diagnosis = diagnose_unreachable(f"seen {kind}", kind)
+        assert diagnosis.cause and diagnosis.fix and diagnosis.rule == f"api-{kind}"
+        assert diagnosis.cause != diagnose_unreachable("x").cause  # its own, not the generic one
 
 
 def test_http_status_classification():

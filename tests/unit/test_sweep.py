@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from gpu_probe.document import parse_document
 
-from fixtures.cluster import NodeFacts
 from k8s_gpu_acceptance import sweep
+from k8s_gpu_acceptance.cluster import NodeFacts
 from k8s_gpu_acceptance.sweep import NodeRow, Queue, Skipped
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
