@@ -15,4 +15,3 @@ def test_the_node_annotation_applies_when_the_pod_names_none(tmp_path):
     assert container_recordings({}, GPU_POD, tmp_path, node_annotations={}) == {"probe": "h100"}
     own = {RECORDING_ANNOTATION: "garbled"}
     assert container_recordings(own, GPU_POD, tmp_path, node_annotations=bad_node) == {"probe": "garbled"}
-
