@@ -180,9 +180,9 @@ class ClusterFacts:
     description: str
     reachable: bool = False
     error: str | None = None
-    unreachable_kind: str | None = None  # reachability.Unreachable.kind: refused, timeout, dns, tls, ...
     version: str | None = None
     nodes: list[NodeFacts] = field(default_factory=list)
+    unreachable_kind: str | None = None  # reachability.Unreachable.kind: refused, timeout, dns, tls, ...
 
     @property
     def gpu_nodes(self) -> list[NodeFacts]:
