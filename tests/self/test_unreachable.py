@@ -8,13 +8,14 @@ then drops further SYNs, as a firewall DROP does: a black hole), both on this ma
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.servers import black_hole_address, refused_address
 
 REPO = Path(__file__).resolve().parents[2]
 CONNECT_TIMEOUT_S = 5.0  # k8s_gpu_acceptance.reachability.CONNECT_TIMEOUT_S, stated in the README
@@ -43,23 +44,13 @@ def run_whole_suite(tmp_path: Path, server: str) -> tuple[subprocess.CompletedPr
 
 @pytest.fixture
 def refused() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"https://127.0.0.1:{port}"
+    return refused_address()
 
 
 @pytest.fixture
 def black_hole() -> Iterator[str]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    filler = socket.create_connection(listener.getsockname(), timeout=1)
-    try:
-        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        filler.close()
-        listener.close()
+    with black_hole_address() as address:
+        yield address
 
 
 def assert_blocked_cleanly(done: subprocess.CompletedProcess[str], report: dict, seen: str) -> dict:

@@ -13,29 +13,18 @@ from kubernetes import client
 
 from k8s_gpu_acceptance import reachability
 from k8s_gpu_acceptance.diagnosis import diagnose_unreachable
+from tests.servers import black_hole_address, refused_address
 
 
 @pytest.fixture
 def refused_server() -> str:
-    """An address where nothing listens: a port bound and released again."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"https://127.0.0.1:{port}"
+    return refused_address()
 
 
 @pytest.fixture
 def black_hole_server() -> Iterator[str]:
-    """A listener whose accept queue is full: Linux then drops further SYNs, as a firewall DROP does."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    filler = socket.create_connection(listener.getsockname(), timeout=1)
-    try:
-        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        filler.close()
-        listener.close()
+    with black_hole_address() as address:
+        yield address
 
 
 def api_client(server: str) -> client.ApiClient:
