@@ -122,6 +122,13 @@ def main() -> int:
             f"node statuses {result['node_statuses']}",
             flush=True,
         )
+        probed = result["sweep"].get("probed")
+        if probed != size:
+            print(
+                f"        INVALID: {probed} node(s) probed, not {size}: the node set changed during the run "
+                "(a `testbed up` elsewhere reconciles it back to the default set)",
+                flush=True,
+            )
         print(f"        sweep phases: {json.dumps(timings)}", flush=True)
         print(f"        CPU seconds during the run: {json.dumps(result['cpu_s'])}", flush=True)
     print(json.dumps(results, indent=2))
