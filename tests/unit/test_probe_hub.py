@@ -276,3 +276,23 @@ def test_early_start_checks_only_hub_models() -> None:
     )
     gpt2.early_start(ctx)
     assert ctx.hub_check is None
+
+
+def test_offline_mode_without_cache_fails_fast_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    ctx = Context(options=Options(model="openai-community/gpt2"), env={}, in_kubernetes=False)
+    result = LayerResult()
+    start = time.monotonic()
+    gpt2.measure(ctx, result)
+    assert time.monotonic() - start < 1.0
+    assert result.status == "error"
+    assert result.error is not None
+    assert "(HF_HUB_OFFLINE=1)" in result.error
+    assert (
+        "HF_HUB_OFFLINE=1 (offline mode) and openai-community/gpt2 is not in the local hub cache"
+        in result.error
+    )
+    assert result.metrics["hub_check"]["reachable"] is None
