@@ -504,30 +504,64 @@ def node_name() -> str:
 
 
 ENVIRONMENT_SCRIPT = """
-import json, site, sys, torch, transformers
-paths = [sys.prefix] if sys.prefix != sys.base_prefix else []  # a venv: all of it (pyvenv.cfg, bin, lib)
-paths += [p for p in site.getsitepackages() + [site.getusersitepackages()] if not p.startswith(sys.prefix)]
-print(json.dumps({"paths": paths, "torch": torch.__version__, "transformers": transformers.__version__}))
+import json, site, sys
+try:
+    import torch, transformers
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+except ImportError as exc:
+    versions = {"missing": str(exc)}
+paths = [sys.prefix] if sys.prefix != sys.base_prefix else []  # a venv: all (pyvenv.cfg, bin, lib)
+if "torch" in versions:  # a system interpreter: its site/dist-packages only when they hold torch
+    found = site.getsitepackages() + [site.getusersitepackages()]
+    paths += [p for p in found if not p.startswith(sys.prefix)]
+print(json.dumps({"paths": paths, **versions}))
 """
 
 
-def python_environment(python: str) -> tuple[tuple[str, ...], str]:
-    """(host paths holding the interpreter's packages, torch version): torch must be importable there.
+def python_environment(python: str) -> tuple[tuple[str, ...], str | None]:
+    """(host paths holding the interpreter's packages, torch version or None when torch is missing).
 
-    A venv goes in whole; a system interpreter brings its site/dist-packages directories.
+    A venv goes in whole; a system interpreter with torch brings its site/dist-packages directories; one
+    without torch gives an image of the interpreter alone (driver and nvidia-smi layers only).
     """
     proc = subprocess.run(
         [python, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=180, check=False
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        raise TestbedError(
-            f"{python} cannot import torch and transformers (the probe image is made from its environment): "
-            f"{last}; pass --python with one that can"
-        )
+        raise TestbedError(f"cannot run {python} (the probe image is made from its environment): {last}")
     found = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "torch" not in found:
+        log(
+            f"{python}: {found['missing']}: its probe image runs the driver and nvidia_smi layers only "
+            "(torch_cuda, gpt2 and gpu_perf will say torch is missing)"
+        )
     paths = tuple(p for p in found["paths"] if os.path.isdir(p))
-    return paths, str(found["torch"])
+    return paths, found.get("torch")
+
+
+def add_probe_image(python: str) -> str:
+    """Build the probe image of another interpreter into the running GPU host node; returns its name.
+
+    The cluster can come up first with a small image (`--python /usr/bin/python3`: seconds) and the
+    torch image (gigabytes) follows, so the lower layers are proven while the big import runs.
+    """
+    from testbed.state import State
+
+    state = State.load()
+    if state is None or not state.real_node:
+        raise TestbedError("no running node: start one with `python -m testbed up --gpu-host` first")
+    paths, _ = python_environment(python)
+    spec = dataclasses.replace(images.probe_image_spec(paths, python), stream=True)
+    started = time.monotonic()
+    image = images.build_image(spec, versions.cache_root() / "images")
+    log(f"probe image {image.name}: {len(image.entries or {})} files, {image.size / 2**30:.2f} GiB")
+    node = state.real_node
+    images.import_images(Path(node["bin_dir"]) / "ctr", node["containerd_address"], [image])
+    node.setdefault("images", {})[f"probe:{python}"] = image.name
+    state.save()
+    log(f"imported {image.name} in {fmt_duration(time.monotonic() - started)}")
+    return image.name
 
 
 def plugin_image_spec(bindir: Path) -> images.ImageSpec:
@@ -549,6 +583,7 @@ def node_options(host: GpuHost) -> NodeOptions:
         fake_gpus=0,
         probe_paths=paths,
         probe_python=host.python,
+        stream_probe_image=True,
         taints=(),
         labels=(),
         extra_images=(("nvidia-device-plugin", plugin_image_spec(Path(host.bin_dir))),),
