@@ -452,7 +452,7 @@ def node_client_cert(pki: Path, out: Path, node: str) -> tuple[Path, Path]:
     """
     if shutil.which("openssl") is None:
         log(
-            "openssl is not installed: the kubelet authenticates with the admin certificate (apt-get install openssl)"
+            "no openssl: the kubelet authenticates with the admin certificate (apt-get install openssl)"
         )
         return pki / "admin.crt", pki / "admin.key"
     out.mkdir(parents=True, exist_ok=True)
