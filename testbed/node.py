@@ -451,9 +451,7 @@ def node_client_cert(pki: Path, out: Path, node: str) -> tuple[Path, Path]:
     registers as a cluster admin, not as system:node:<name> (the Node authorizer's identity); said in the log.
     """
     if shutil.which("openssl") is None:
-        log(
-            "no openssl: the kubelet authenticates with the admin certificate (apt-get install openssl)"
-        )
+        log("no openssl: the kubelet authenticates with the admin certificate (apt-get install openssl)")
         return pki / "admin.crt", pki / "admin.key"
     out.mkdir(parents=True, exist_ok=True)
     key, csr, cert = out / "kubelet.key", out / "kubelet.csr", out / "kubelet.crt"
