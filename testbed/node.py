@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -104,16 +106,42 @@ def primary_ip() -> str:
         address: str = sock.getsockname()[0]
         if not address.startswith("127."):
             return address
-    out = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True, check=False
-    ).stdout
-    for line in out.splitlines():
-        fields = line.split()
-        if "inet" in fields:
-            return fields[fields.index("inet") + 1].split("/")[0]
-    raise TestbedError(
-        "no global IPv4 address on this host for the kubelet's node IP: pass NodeOptions.node_ip"
-    )
+    # No default route (a GPU host without network): the host's own addresses from the kernel's FIB (no
+    # `ip` binary needed, the H100 VM has none), else loopback: the apiserver reaches the kubelet there.
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+        for previous, line in itertools.pairwise(lines):
+            if line.strip() == "/32 host LOCAL":
+                address = previous.split()[-1]
+                if not address.startswith("127."):
+                    return address
+    log("no IPv4 address besides loopback: the kubelet's node IP is 127.0.0.1")
+    return "127.0.0.1"
+
+
+RTM_DELLINK, NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR = 17, 1, 4, 2
+
+
+def delete_link(name: str) -> str | None:
+    """Delete a network link (the cni0 bridge) through rtnetlink; returns an error text, None when done.
+
+    A netlink message rather than `ip link delete`: the GPU host has no iproute2.
+    """
+    try:
+        index = int(Path(f"/sys/class/net/{name}/ifindex").read_text())
+    except (OSError, ValueError) as exc:
+        return f"no link {name}: {exc}"
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0)  # struct ifinfomsg
+    header = struct.pack("=LHHLL", 16 + len(body), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(header + body)
+        reply = sock.recv(4096)
+    if struct.unpack_from("=H", reply, 4)[0] == NLMSG_ERROR:
+        error = struct.unpack_from("=i", reply, 16)[0]
+        if error:
+            return f"deleting link {name}: {os.strerror(-error)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -762,9 +790,9 @@ def stop_node(ns: NodeState) -> list[str]:
         for name in set(os.listdir(DEVICE_PLUGIN_DIR)) - set(ns.device_plugin_files_before):
             (DEVICE_PLUGIN_DIR / name).unlink(missing_ok=True)
     if not ns.bridge_existed and link_exists(BRIDGE):
-        proc = subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            problems.append(f"ip link delete {BRIDGE}: {proc.stderr.strip()}")
+        error = delete_link(BRIDGE)
+        if error:
+            problems.append(error)
     if ns.iptables:
         problems += restore_iptables(ns.iptables_before)
     problems += restore_sysctls(ns.sysctls)
