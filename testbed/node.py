@@ -756,7 +756,9 @@ def stop_node(ns: NodeState) -> list[str]:
     if kubelet is not None and stop(kubelet):
         log(f"  stopped kubelet (pid {kubelet.pid})")
     containerd = ns.procs.get("containerd")
-    if containerd is not None and is_alive(containerd):
+    if containerd is not None and is_alive(containerd) and not (bindir / "crictl").exists():
+        problems.append(f"no {bindir / 'crictl'}: pods not removed through the CRI (their netns may stay)")
+    elif containerd is not None and is_alive(containerd):
         # Through the CRI, so that each sandbox's network is torn down by CNI and its netns unmounted.
         crictl = [
             str(bindir / "crictl"),
@@ -770,8 +772,8 @@ def stop_node(ns: NodeState) -> list[str]:
         )
         if proc.returncode != 0:
             problems.append(f"crictl rmp --all --force: {proc.stderr.strip()}")
-        if stop(containerd):
-            log(f"  stopped containerd (pid {containerd.pid})")
+    if containerd is not None and stop(containerd):
+        log(f"  stopped containerd (pid {containerd.pid})")
     for pid in processes_with_exe(bindir / "containerd-shim-runc-v2"):
         log(f"  stopping leftover shim pid {pid}")
         with contextlib.suppress(ProcessLookupError):
