@@ -1,4 +1,4 @@
-"""The GPU host's pure parts: the device plugin's config and DaemonSet, GFD's labels, the bundle's round trip."""
+"""The GPU host's pure parts: the device plugin's config and DaemonSet, GFD labels, the bundle round trip."""
 
 from __future__ import annotations
 
