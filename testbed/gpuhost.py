@@ -280,9 +280,11 @@ PLUGIN_BAD_STATES = (
 PLUGIN_SELECTOR = "name=nvidia-device-plugin-ds"
 
 
-def plugin_pod_problem(core: client.CoreV1Api) -> str | None:
+def plugin_pod_problem(
+    core: client.CoreV1Api, namespace: str = "kube-system", selector: str = PLUGIN_SELECTOR
+) -> str | None:
     """The plugin pod's known-bad state with its message (and the log's end when it crashed), else None."""
-    for pod in core.list_namespaced_pod("kube-system", label_selector=PLUGIN_SELECTOR).items:
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
         for cs in (pod.status and pod.status.container_statuses) or []:
             waiting = cs.state and cs.state.waiting
             if waiting and waiting.reason in PLUGIN_BAD_STATES:
@@ -290,14 +292,21 @@ def plugin_pod_problem(core: client.CoreV1Api) -> str | None:
                 if waiting.reason == "CrashLoopBackOff":
                     with contextlib.suppress(ApiException):
                         log_tail = core.read_namespaced_pod_log(
-                            pod.metadata.name, "kube-system", previous=True, tail_lines=15
+                            pod.metadata.name, namespace, previous=True, tail_lines=15
                         )
                         detail += f"\n{log_tail}"
                 return detail
     return None
 
 
-def wait_gpus_advertised(api_client: client.ApiClient, node: str, expected: int, timeout: float) -> None:
+def wait_gpus_advertised(
+    api_client: client.ApiClient,
+    node: str,
+    expected: int,
+    timeout: float,
+    namespace: str = "kube-system",
+    selector: str = PLUGIN_SELECTOR,
+) -> None:
     """Until the node's allocatable nvidia.com/gpu is `expected` (the plugin registered and listed them).
 
     Woken by the plugin pod's watch (and re-checked at least every 5 s, since the node's capacity arrives
@@ -309,19 +318,19 @@ def wait_gpus_advertised(api_client: client.ApiClient, node: str, expected: int,
         found = (core.read_node(node).status.allocatable or {}).get("nvidia.com/gpu")
         if found == str(expected):
             return
-        problem = plugin_pod_problem(core)
+        problem = plugin_pod_problem(core, namespace, selector)
         if problem:
             raise TestbedError(f"the NVIDIA device plugin pod cannot run: {problem}")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TestbedError(
                 f"node {node} advertises nvidia.com/gpu={found} after {timeout:.0f}s, expected {expected}: "
-                f"kubectl -n kube-system logs -l {PLUGIN_SELECTOR}"
+                f"kubectl -n {namespace} logs -l {selector}"
             )
         stream = watch.Watch().stream(
             core.list_namespaced_pod,
-            "kube-system",
-            label_selector=PLUGIN_SELECTOR,
+            namespace,
+            label_selector=selector,
             timeout_seconds=max(1, int(min(remaining, 5))),
         )
         for _ in stream:  # any change of the plugin pod: check again
