@@ -1,4 +1,4 @@
-"""`up --gpu-host`'s device plugin wait, against the testbed's real kubelet (no GPU needed for its failure path).
+"""`up --gpu-host`'s device plugin wait against the testbed's real kubelet (its failure path needs no GPU).
 
 On the H100 the plugin pod sat in ErrImageNeverPull while `up` waited out its whole deadline for
 nvidia.com/gpu. Here NVIDIA's DaemonSet, as gpuhost builds it, runs on the real node with an image the node
