@@ -202,3 +202,23 @@ def test_gating_override() -> None:
     history = [record(1, {"gpt2_p50_ms": 6.5}), record(0, {"gpt2_p50_ms": 6.6})]
     assert assess(tonight, history, Policy()).regressions == []  # p50 is informational by default
     assert assess(tonight, history, Policy(), gating=("gpt2_p50_ms",)).regressions == ["gpt2_p50_ms"]
+
+
+def test_slow_recording_is_h100_with_gpt2_slowed_down() -> None:
+    """h100-slow.log (DERIVED) is exactly make_slow.py's output, and only GPT-2's figures differ."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_slow", RECORDINGS / "make_slow.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    h100 = (RECORDINGS / "h100.log").read_text(encoding="utf-8")
+    slow = (RECORDINGS / "h100-slow.log").read_text(encoding="utf-8")
+    assert module.derive(h100) == slow
+    fast_figures = key_figures(parse_document(h100), None)
+    slow_figures = key_figures(parse_document(slow), None)
+    changed = {name for name in fast_figures if fast_figures[name] != slow_figures[name]}
+    assert changed == {"gpt2_p50_ms", "gpt2_p95_ms", "gpt2_ttft_ms", "gpt2_tokens_per_s"} | (
+        {"gpt2_stable_ms"} if "gpt2_stable_ms" in fast_figures else set()
+    )
+    assert slow_figures["gpt2_p50_ms"] == pytest.approx(fast_figures["gpt2_p50_ms"] * 1.5, abs=1e-3)
