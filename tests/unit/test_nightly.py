@@ -16,6 +16,7 @@ from fixtures.nightly import (
     append,
     build_record,
     evaluate,
+    nightly_config,
     parse_match,
     parse_names,
 )
@@ -109,3 +110,40 @@ def test_parse_names_and_match() -> None:
     assert parse_match("node") == ("gpu_model", "model", "node")
     assert parse_match("") == ("gpu_model", "model")
     assert parse_match("all") == KEY_FIELDS
+
+
+def values(**overrides: Any) -> dict[str, Any]:
+    """Option values as settings.load_settings hands them over (the defaults of the option table)."""
+    from fixtures.settings import SPECS
+
+    return {name: spec.default for name, spec in SPECS.items()} | overrides
+
+
+def test_nightly_config_defaults_follow_the_report_upload() -> None:
+    config = nightly_config(values(s3_bucket="reports", s3_prefix="nightly/"))
+    assert config.history_bucket == "reports" and config.history_prefix == "nightly"
+    assert config.policy == Policy() and config.regressions == "fail" and config.gating == DEFAULT_GATING
+    assert config.enabled
+    off = nightly_config(values(s3_bucket="reports", history_bucket="none"))
+    assert off.history_bucket is None and not off.enabled
+    own = nightly_config(values(history_dir="~/h", history_bucket="hist", history_prefix="p"))
+    assert own.history_dir == Path("~/h").expanduser() and own.history_bucket == "hist"
+    assert nightly_config(values(regression_metrics="gpt2_p50_ms")).gating == ("gpt2_p50_ms",)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "option"),
+    [
+        ({"baseline_window": 0}, "baseline_window"),
+        ({"baseline_min_runs": 11}, "baseline_min_runs"),
+        ({"regression_band": -1.0}, "regression_band"),
+        ({"regression_min_change": 1.0}, "regression_min_change"),
+        ({"regression_consecutive": 3}, "regression_consecutive"),
+        ({"baseline_match": "drivr"}, "baseline_match"),
+        ({"regression_metrics": "tflops"}, "regression_metrics"),
+    ],
+)
+def test_nightly_config_names_the_bad_option(overrides: dict[str, Any], option: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        nightly_config(values(**overrides))
+    assert raised.value.args[1] == option

@@ -114,7 +114,7 @@ def test_history_note_explains_the_baseline_and_what_changed() -> None:
     tonight = record(3, bf16_tflops=780.0)
     tonight.key["driver_version"] = "590.1"
     note = history_note(assess(tonight, HISTORY, Policy()), "s3://b/p", None)
-    assert "last 3 comparable run(s) (2026-11-01 .. 2026-11-03; same gpu_model, model)" in note
+    assert "last 3 comparable runs (2026-11-01 .. 2026-11-03; same gpu_model, model)" in note
     assert "driver_version was 580.159.04" in note
     assert "History unavailable: boom" in history_note(None, None, "boom")
     assert "--history-dir" in history_note(None, None, None)
