@@ -12,16 +12,22 @@ DaemonSet, with GPU Feature Discovery's labels. This module owns:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import lzma
 import os
 import shutil
 import subprocess
-import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed import build, versions
+from kubernetes import client
+
+from testbed import build, cluster, versions
 from testbed.build import Component, fmt_duration, log, run_go, write_module
 from testbed.errors import TestbedError
 
@@ -115,37 +121,6 @@ def ensure_nvidia_built() -> Path:
             raise TestbedError(f"{c.name} was built but reports {got}, expected {c.expect!r}")
         log(f"built {c.name} in {fmt_duration(time.monotonic() - started)}: {got}")
     return bindir
-
-
-def bundle(out: Path, node_bins: list[Path], images: list[Path]) -> Path:
-    """One tar.xz with every binary and image the GPU host needs: the device tool carries 64 MiB a call.
-
-    Binaries go under bin/ (symlinks kept, so the multicall Kubernetes binary travels once), images under
-    images/. xz -9 with all cores: 56 MiB measured for the same set in REFERENCE.md.
-    """
-    started = time.monotonic()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    raw = out.with_suffix("")  # .tar
-    with tarfile.open(raw, "w") as tar:
-        for path in node_bins:
-            tar.add(path, arcname=f"bin/{path.name}", recursive=False)
-        for path in images:
-            tar.add(path, arcname=f"images/{path.name}")
-    if shutil.which("xz") is None:
-        raise TestbedError("xz is not installed: apt-get install xz-utils")
-    subprocess.run(["xz", "-9", "-T0", "-f", str(raw)], check=True)
-    size = out.stat().st_size / 2**20
-    log(f"bundle {out} ({size:.1f} MiB) in {fmt_duration(time.monotonic() - started)}")
-    return out
-
-
-def unpack(bundle_path: Path, dest: Path) -> Path:
-    """Unpack a bundle on the GPU host; returns its bin directory."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(bundle_path, "r:xz") as tar:
-        tar.extractall(dest, filter="tar")
-    os.chmod(dest / "bin", 0o755)
-    return dest / "bin"
 
 
 # --- the real NVIDIA device plugin, as a DaemonSet on the real node ----------------------------------------
@@ -251,3 +226,231 @@ def gfd_labels(output: str) -> dict[str, str]:
         if sep and key.startswith("nvidia.com/"):
             labels[key] = value
     return labels
+
+
+def config_digest(config: str) -> str:
+    """Short digest of the plugin config: a new value in the pod template rolls the plugin pod."""
+    return hashlib.sha256(config.encode()).hexdigest()[:12]
+
+
+def apply_device_plugin(api_client: client.ApiClient, bindir: Path, replicas: int) -> str:
+    """Create or update the plugin's ConfigMap and DaemonSet; returns the config text applied."""
+    core = client.CoreV1Api(api_client)
+    apps = client.AppsV1Api(api_client)
+    config = sharing_config(replicas)
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": PLUGIN_CONFIGMAP, "namespace": "kube-system"},
+        "data": {"config.yaml": config},
+    }
+    cluster.create_or_replace(
+        lambda: core.create_namespaced_config_map("kube-system", configmap),
+        lambda: core.replace_namespaced_config_map(PLUGIN_CONFIGMAP, "kube-system", configmap),
+    )
+    ds = device_plugin_daemonset(
+        str(bindir / "nvidia-device-plugin"), str(bindir / "nvidia-cdi-hook"), config_digest(config)
+    )
+    name = ds["metadata"]["name"]
+    cluster.create_or_replace(
+        lambda: apps.create_namespaced_daemon_set("kube-system", ds),
+        lambda: apps.replace_namespaced_daemon_set(name, "kube-system", ds),
+    )
+    return config
+
+
+def wait_gpus_advertised(api_client: client.ApiClient, node: str, expected: int, timeout: float) -> None:
+    """Watch the node until allocatable nvidia.com/gpu is `expected` (the plugin registered and listed)."""
+    core = client.CoreV1Api(api_client)
+
+    def advertised(nodes: Any) -> bool:
+        return any((n.status.allocatable or {}).get("nvidia.com/gpu") == str(expected) for n in nodes.items)
+
+    cluster.wait_for(
+        core.list_node,
+        advertised,
+        f"node {node} to advertise nvidia.com/gpu={expected} (device plugin registered)",
+        timeout,
+        field_selector=f"metadata.name={node}",
+    )
+
+
+def apply_gfd_labels(
+    api_client: client.ApiClient, node: str, bindir: Path, config: str, work: Path
+) -> dict[str, str]:
+    """Run GPU Feature Discovery once on this host and put its labels on the node (NFD's job elsewhere)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "gfd-config.yaml").write_text(config)
+    output = work / "gfd-labels"
+    proc = subprocess.run(
+        [
+            str(bindir / "gpu-feature-discovery"),
+            "--oneshot",
+            "--no-timestamp",
+            f"--output-file={output}",
+            f"--config-file={work / 'gfd-config.yaml'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise TestbedError(f"gpu-feature-discovery failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    labels = gfd_labels(output.read_text())
+    if not labels:
+        raise TestbedError(f"gpu-feature-discovery wrote no nvidia.com/ labels to {output}")
+    core = client.CoreV1Api(api_client)
+    # Labels GFD no longer reports (e.g. replicas after sharing is turned off) are removed: None deletes.
+    current = core.read_node(node).metadata.labels or {}
+    stale = {k: None for k in current if k.startswith("nvidia.com/") and k not in labels}
+    core.patch_node(node, {"metadata": {"labels": {**stale, **labels}}})
+    return labels
+
+
+# --- the bundle: what travels to a GPU host with no network -----------------------------------------------
+
+# Node and control-plane binaries from the testbed's bin dir (kwok's controller stays home: the GPU host has
+# no simulated nodes, and kwokctl runs with --disable kwok-controller; MinIO too: no S3 there).
+HOST_BINARIES = (
+    "kube",
+    "etcd",
+    "kwokctl",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "ctr",
+    "runc",
+    "pause",
+)
+KUBE_LINKS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager", "kubelet", "kubectl")
+NVIDIA_BINARIES = ("nvidia-device-plugin", "gpu-feature-discovery", "nvidia-cdi-hook")
+MANIFEST = "bundle.json"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One binary in the bundle: its path under bin/, its xz file, and the digest of its raw bytes."""
+
+    name: str
+    xz: str
+    sha256: str
+    size: int
+
+
+def bundle_members(bindir: Path, nvidia_bindir: Path) -> list[tuple[str, Path]]:
+    """(name under bin/, source file) for everything the GPU host runs."""
+    cni = sorted(p for p in (bindir / "cni").iterdir() if p.is_file())
+    members = [(n, bindir / n) for n in HOST_BINARIES] + [(f"cni/{p.name}", p) for p in cni]
+    members += [(n, nvidia_bindir / n) for n in NVIDIA_BINARIES]
+    missing = [str(path) for _, path in members if not path.is_file()]
+    if missing:
+        raise TestbedError(f"cannot bundle: not built: {', '.join(missing)} (run `python -m testbed build`)")
+    return members
+
+
+def compress(source: Path, cache: Path) -> Member:
+    """xz -9 one binary, cached by content (a rebuilt binary is compressed again, an unchanged one not)."""
+    digest = sha256_file(source)
+    out = cache / f"{digest}.xz"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            subprocess.run(["xz", "-9", "-T1", "-c", str(source)], stdout=fh, check=True)
+        os.replace(tmp, out)
+    return Member(name=source.name, xz=out.name, sha256=digest, size=source.stat().st_size)
+
+
+def sha256_file(path: Path) -> str:
+    """Digest in 1 MiB reads (binaries are up to 140 MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_bundle(out_dir: Path, max_part_mib: float = 58.0) -> list[Path]:
+    """Compress every member (2 at a time) and pack them into parts of at most `max_part_mib` each.
+
+    The device tool carries 64 MiB a call (the repository included), and what one call writes stays on the
+    machine for the next: so the host receives part after part and `unpack` reads them all. Each part holds
+    a `bundle.json` naming its members, their raw digests (checked after decompressing) and the symlinks.
+    """
+    if shutil.which("xz") is None:
+        raise TestbedError("xz is not installed: apt-get install xz-utils")
+    started = time.monotonic()
+    members = bundle_members(versions.bin_dir(), nvidia_bin_dir())
+    cache = versions.cache_root() / "bundle-xz"
+    cache.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(lambda m: compress(m[1], cache), members))
+    packed = [dataclasses.replace(d, name=name) for (name, _), d in zip(members, done, strict=True)]
+    packed.sort(key=lambda m: -(cache / m.xz).stat().st_size)
+    parts: list[list[Member]] = []
+    sizes: list[int] = []
+    limit = int(max_part_mib * 2**20)
+    for member in packed:  # first fit, largest first
+        size = (cache / member.xz).stat().st_size
+        for i, used in enumerate(sizes):
+            if used + size <= limit:
+                parts[i].append(member)
+                sizes[i] += size
+                break
+        else:
+            if size > limit:
+                raise TestbedError(
+                    f"{member.name} alone is {size / 2**20:.1f} MiB xz: over {max_part_mib} MiB"
+                )
+            parts.append([member])
+            sizes.append(size)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    dirs = []
+    for i, part in enumerate(parts, 1):
+        pdir = out_dir / f"part-{i}"
+        pdir.mkdir(parents=True)
+        for member in part:
+            shutil.copy2(cache / member.xz, pdir / member.xz)
+        manifest = {
+            "members": [dataclasses.asdict(m) for m in part],
+            "links": {name: "kube" for name in KUBE_LINKS},
+            "versions": {**versions.PINS, **PINS},
+        }
+        (pdir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        dirs.append(pdir)
+        log(f"bundle part {i}: {len(part)} binaries, {sizes[i - 1] / 2**20:.1f} MiB -> {pdir}")
+    took = fmt_duration(time.monotonic() - started)
+    log(f"bundle of {len(packed)} binaries in {len(dirs)} part(s) in {took}")
+    return dirs
+
+
+def unpack(part_dirs: list[Path], bindir: Path) -> Path:
+    """On the GPU host: decompress every part's members into `bindir`, check digests, make the symlinks."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for pdir in part_dirs:
+        manifest = json.loads((pdir / MANIFEST).read_text())
+        for raw in manifest["members"]:
+            member = Member(**raw)
+            target = bindir / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (
+                target.is_file()
+                and target.stat().st_size == member.size
+                and sha256_file(target) == member.sha256
+            ):
+                continue
+            with lzma.open(pdir / member.xz) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            if sha256_file(target) != member.sha256:
+                raise TestbedError(
+                    f"{target}: digest differs from the bundle's: a part was damaged in transit"
+                )
+            target.chmod(0o755)
+            count += 1
+        for name, dest in manifest["links"].items():
+            link = bindir / name
+            if not link.is_symlink():
+                link.unlink(missing_ok=True)
+                link.symlink_to(dest)
+    log(f"unpacked {count} binaries into {bindir}")
+    return bindir

@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(2, 1)  # anything printed while measuring (Python or native) goes to stderr
     try:
         from gpu_probe.layers import LAYER_FUNCS
-        from gpu_probe.layers.gpt2 import prefetch
+        from gpu_probe.layers.gpt2 import early_start, prefetch, prefetch_torch
 
-        doc = run_probe(options, LAYER_FUNCS, args_list, prefetch=prefetch)
+        imports = prefetch if "gpt2" in options.layers else prefetch_torch
+        doc = run_probe(options, LAYER_FUNCS, args_list, prefetch=imports, early=early_start)
     finally:
         sys.stdout.flush()
         os.dup2(saved_stdout, 1)

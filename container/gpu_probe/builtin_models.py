@@ -57,15 +57,31 @@ def build_tokenizer(vocab_size: int | None) -> Any:
     return tokenizer
 
 
-def build(name: str, device: str, seed: int) -> tuple[Any, Any]:
+class RawTokenizer:
+    """The probe's tokenizer interface (encode, decode, pad_id) over a `tokenizers.Tokenizer`."""
+
+    def __init__(self, tokenizer: Any, eos: str = EOS) -> None:
+        self.tokenizer = tokenizer
+        self.pad_id = int(tokenizer.token_to_id(eos))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text (no special tokens added: GPT-2 adds none)."""
+        return list(self.tokenizer.encode(text).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ids, special tokens skipped."""
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def build(name: str, device: str, seed: int) -> tuple[RawTokenizer, Any]:
     """(tokenizer, model) of a built-in model, weights seeded and created directly on `device`."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers.models.gpt2.configuration_gpt2 import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2LMHeadModel
 
     raw = build_tokenizer(GPT2_VOCAB_SIZE if name == SMALL else None)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=EOS, bos_token=EOS, unk_token=EOS)
-    tokenizer.pad_token = EOS
-    eos_id = int(raw.token_to_id(EOS))
+    tokenizer = RawTokenizer(raw)
+    eos_id = tokenizer.pad_id
     if name == SMALL:
         config = GPT2Config(bos_token_id=eos_id, eos_token_id=eos_id)  # defaults = GPT-2 small, 124M
     else:

@@ -89,6 +89,7 @@ class Context:
     results: dict[str, LayerResult] = field(default_factory=dict)
     prefetch: Prefetch | None = None
     prefetch_waited_s: float = 0.0
+    hub_check: Any = None  # gpu_probe.hub.BackgroundHubCheck, started at the probe's start for a hub model
 
 
 if TYPE_CHECKING:
@@ -96,8 +97,11 @@ if TYPE_CHECKING:
 
 # Seconds each layer may take before it is abandoned (scaled by --timeout-scale). CUDA's first init and
 # cuBLAS handle creation can take tens of seconds on a cold node; a hub download of GPT-2 longer.
-# Layers that time things: the background imports must be finished before they start.
-PREFETCH_BEFORE = ("gpu_perf", "gpt2")
+# Layers that time things: the background imports must be finished before they start (gpt2 waits itself,
+# after its hub check, so an unreachable hub is reported without waiting for the imports).
+PREFETCH_BEFORE = ("gpu_perf",)
+# Layers that use torch: the background imports start when one of them is requested.
+TORCH_LAYERS = ("torch_cuda", "gpu_perf", "gpt2")
 LAYER_TIMEOUT_S = {"driver": 30.0, "nvidia_smi": 45.0, "torch_cuda": 180.0, "gpu_perf": 120.0, "gpt2": 300.0}
 
 
@@ -175,11 +179,13 @@ class Prefetch:
     transformers 5 takes ~9 s to import on a GPU host with a large Python environment; overlapping it with
     driver/nvidia_smi/torch_cuda keeps the whole warm run short. Timed layers (gpu_perf, gpt2) wait for it
     first, so no import competes for the GIL while they measure. Failures are left for the layer to report.
+    `value` is what the function returned (the gpt2 prefetch: the integrations it left out).
     """
 
-    def __init__(self, func: Callable[[], None]) -> None:
+    def __init__(self, func: Callable[[], Any]) -> None:
         self.wall_s: float | None = None
         self.error: str | None = None
+        self.value: Any = None
         self._func = func
         self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
         self._start = time.perf_counter()
@@ -187,7 +193,7 @@ class Prefetch:
 
     def _run(self) -> None:
         try:
-            self._func()
+            self.value = self._func()
         except BaseException as exc:  # the layer imports again and reports the cause itself
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -209,14 +215,22 @@ def run_probe(
     options: Options,
     layer_funcs: dict[str, LayerFunc],
     argv: list[str],
-    prefetch: Callable[[], None] | None = None,
+    prefetch: Callable[[], Any] | None = None,
+    early: Callable[[Context], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure the requested layers in document order and return the complete document."""
+    """Measure the requested layers in document order and return the complete document.
+
+    `early(ctx)` runs first (the gpt2 layer's hub check starts there); `prefetch` runs in a background thread
+    from the start when a layer that uses torch was requested.
+    """
     started = datetime.now(timezone.utc)
     start = time.perf_counter()
     in_kubernetes = "KUBERNETES_SERVICE_HOST" in os.environ
     ctx = Context(options=options, env=read_env(), in_kubernetes=in_kubernetes)
-    ctx.prefetch = Prefetch(prefetch) if prefetch is not None and "gpt2" in options.layers else None
+    if early is not None:
+        early(ctx)
+    wants_torch = any(name in options.layers for name in TORCH_LAYERS)
+    ctx.prefetch = Prefetch(prefetch) if prefetch is not None and wants_torch else None
     for name in LAYER_NAMES:
         if name not in options.layers:
             ctx.results[name] = skipped("not requested (--layers)")
