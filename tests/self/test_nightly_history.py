@@ -37,7 +37,11 @@ def gpt2_gate() -> str:
     """The GPT-2 figure that gates: the probe's regression statistic when the recording carries it, else
     p50 (the recordings made before the statistic existed)."""
     document = parse_document((RECORDINGS / "h100.log").read_text(encoding="utf-8"))
-    return "gpt2_stable_ms" if "gpt2_stable_ms" in key_figures(document, None) else "gpt2_p50_ms"
+    return (
+        "gpt2_decode_step_graph_ms"
+        if "gpt2_decode_step_graph_ms" in key_figures(document, None)
+        else "gpt2_p50_ms"
+    )
 
 
 @pytest.fixture

@@ -172,7 +172,7 @@ def test_assess_third_run_against_the_first_two() -> None:
     assert [r.run_id for r in result.compared] == ["night-1", "night-0"]
     document = result.as_dict()
     assert document["regressions"] == ["bf16_tflops"]
-    assert {m["metric"] for m in document["metrics"]} >= {"bf16_tflops", "gpt2_stable_ms"}
+    assert {m["metric"] for m in document["metrics"]} >= {"bf16_tflops", "gpt2_decode_step_graph_ms"}
 
 
 def test_assess_match_and_key_differences() -> None:
@@ -219,6 +219,6 @@ def test_slow_recording_is_h100_with_gpt2_slowed_down() -> None:
     slow_figures = key_figures(parse_document(slow), None)
     changed = {name for name in fast_figures if fast_figures[name] != slow_figures[name]}
     assert changed == {"gpt2_p50_ms", "gpt2_p95_ms", "gpt2_ttft_ms", "gpt2_tokens_per_s"} | (
-        {"gpt2_stable_ms"} if "gpt2_stable_ms" in fast_figures else set()
+        {"gpt2_decode_step_graph_ms"} if "gpt2_decode_step_graph_ms" in fast_figures else set()
     )
     assert slow_figures["gpt2_p50_ms"] == pytest.approx(fast_figures["gpt2_p50_ms"] * 1.5, abs=1e-3)
