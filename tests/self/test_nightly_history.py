@@ -96,12 +96,17 @@ def test_three_runs_make_a_baseline_and_a_slower_run_is_a_regression(
     assert first.report["schema_version"] == "1.1"
     for early in (first, second):
         assert set(verdicts(early).values()) == {"no baseline yet"}, verdicts(early)
-        assert early.report["history"]["written_to"], early.output
+        assert early.report["history"]["record_locations"][0].startswith(
+            f"s3://{bucket}/{PREFIX}/history/v1/"
+        )
 
     # Run 3: the baseline is runs 1 and 2.
     regressions = third.report["regressions"]
     assert [r["run_id"] for r in regressions["baseline_runs"]] == [second.run_id, first.run_id]
-    assert set(verdicts(third).values()) == {"same"}, verdicts(third)
+    # Every figure of the recording is the same; time to verdict is this machine's real wall time (it varied
+    # 20 % between runs on the shared 2-core host): informational, it never fails the run (exit 0 above).
+    recorded = {name: v for name, v in verdicts(third).items() if name != "time_to_verdict_s"}
+    assert set(recorded.values()) == {"same"}, verdicts(third)
     bf16 = next(m for m in regressions["metrics"] if m["metric"] == "bf16_tflops")
     assert bf16["baseline"]["runs"] == 2 and bf16["baseline"]["median"] == bf16["value"] == 785.1
     html = (third.report_dir / "report.html").read_text(encoding="utf-8")
@@ -118,6 +123,7 @@ def test_three_runs_make_a_baseline_and_a_slower_run_is_a_regression(
     gpt2 = {name for name in found if name.startswith("gpt2_")}
     assert {name: found[name] for name in gpt2} == dict.fromkeys(gpt2, "worse"), found
     assert {found["bf16_tflops"], found["memory_bandwidth_gbps"], found["tflops_ratio"]} == {"same"}
+    assert found["probe_duration_s"] == "same"
     assert slow.report["regressions"]["regressions"] == [gate]
     assert slow.report["regressions"]["fails_run"] is True
     gate_entry = next(m for m in slow.report["regressions"]["metrics"] if m["metric"] == gate)
@@ -147,3 +153,37 @@ def test_three_runs_make_a_baseline_and_a_slower_run_is_a_regression(
         f"/{slow.run_id}/report.html"
     )
     assert stored["figures"] == slow.report["history"]["figures"]
+
+
+def test_concurrent_writers_on_minio_lose_no_run(s3: Any, bucket: str) -> None:
+    """Eight runs of one series appending at once to the real MinIO: the conditional PUTs (If-None-Match,
+    If-Match) make every run land in the index, and a reader sees all of them."""
+    import datetime as dt
+    import threading
+
+    from fixtures.history import History, RunRecord, S3Store
+
+    s3.create_bucket(Bucket=bucket)
+    store = S3Store(s3, bucket, PREFIX)
+    assert store.put("probe.json", b"1", if_absent=True)
+    assert not store.put("probe.json", b"2", if_absent=True)  # MinIO honours If-None-Match
+    start = dt.datetime(2026, 11, 1, 2, tzinfo=dt.timezone.utc)
+    records = [
+        RunRecord(
+            f"w{n}", (start + dt.timedelta(minutes=n)).isoformat(), {"gpu_model": "g", "model": "m"}, "passed"
+        )
+        for n in range(8)
+    ]
+    threads = [
+        threading.Thread(target=History(S3Store(s3, bucket, PREFIX)).append, args=(r,)) for r in records
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    series = records[0].series
+    index = json.loads(
+        s3.get_object(Bucket=bucket, Key=f"{PREFIX}/history/v1/{series}/index.json")["Body"].read()
+    )
+    assert sorted(entry["run_id"] for entry in index["runs"]) == [f"w{n}" for n in range(8)]
+    assert [r.run_id for r in History(store).recent(series, 10)] == [f"w{n}" for n in range(7, -1, -1)]

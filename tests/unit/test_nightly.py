@@ -65,7 +65,7 @@ def test_three_runs_then_a_slow_one(tmp_path: Path) -> None:
     assert slow.regressions == ["gpt2_p50_ms"] and slow.fails_run
     document = slow.as_dict()
     assert document["regressions"]["regressions"] == ["gpt2_p50_ms"]
-    assert document["history"]["written_to"] == slow.written_to
+    assert document["history"]["record_locations"] == slow.written_to
 
 
 def test_warn_mode_does_not_fail_the_run(tmp_path: Path) -> None:
