@@ -41,7 +41,7 @@ def test_title_names_cluster_gpu_and_date() -> None:
 def test_banner_passed_failed_regressed_and_warn() -> None:
     assert 'b-passed">PASSED<' in verdict_banner("passed", [], None, warn_only=False)
     failed = verdict_banner("failed", [("gpt2", "p95 61 ms over the 50 ms budget")], None, warn_only=False)
-    assert "FAILED" in failed and "gpt2: p95 61 ms over the 50 ms budget" in failed
+    assert "FAILED" in failed and "gpt2 failed: p95 61 ms over the 50 ms budget" in failed
     tonight = record(3, bf16_tflops=600.0)
     assessment = assess(tonight, HISTORY, Policy())
     regressed = verdict_banner("passed", [], assessment, warn_only=False)
@@ -56,12 +56,13 @@ def test_key_figures_table_rows_budget_baseline_change_verdict() -> None:
     tonight = record(3, bf16_tflops=600.0, gpt2_p95_ms=61.0, tflops_ratio=0.3)
     assessment = assess(tonight, HISTORY, Policy())
     table = key_figures_table(tonight.figures, THRESHOLDS, assessment)
-    root = ET.fromstring(table.replace("<br>", "<br/>"))
+    table, notes = table.split("</table>")
+    root = ET.fromstring(table.replace("<br>", "<br/>") + "</table>")
     rows = {
         tr.get("data-figure"): ["".join(td.itertext()) for td in tr] for tr in root if tr.get("data-figure")
     }
     assert rows["bf16_tflops"] == [
-        "bf16 matmul",
+        "bf16 matmul gating",
         "600.0 TFLOP/s",
         "",
         "785.0 TFLOP/s ± 78.50 TFLOP/s (3 runs)",
@@ -73,6 +74,9 @@ def test_key_figures_table_rows_budget_baseline_change_verdict() -> None:
     )
     assert rows["tflops_ratio"][1:3] == ["0.300", "≥ 0.400 exceeded"]
     assert set(rows) == {"bf16_tflops", "gpt2_p95_ms", "tflops_ratio"}  # only what was measured
+    assert rows["gpt2_p95_ms"][0] == "GPT-2 per-token latency p95"  # informational: no tag
+    assert "Gating figures not measured in this run (they cannot fail it): GPT-2 decode step" in notes
+    assert "memory bandwidth" in notes
 
 
 def test_key_figures_without_history_say_so() -> None:
