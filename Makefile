@@ -1,6 +1,7 @@
 # `make test`: the README's test command. Creates .venv if missing, installs the project with its dev extras,
-# brings the testbed up (building its binaries once, cached in ~/.cache/k8s-gpu-acceptance) and runs the
-# self-tests and unit tests. The testbed is left running for fast re-runs: `make down` stops it.
+# runs the unit and in-process plugin tests (no cluster), then brings the testbed up (building its binaries
+# once, cached in ~/.cache/k8s-gpu-acceptance) and runs the self-tests. The testbed is left running for fast
+# re-runs: `make down` stops it.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,8 +23,9 @@ $(STAMP): pyproject.toml | $(PY)
 	@touch $(STAMP)
 
 test: $(STAMP) lint-workflows
+	$(PY) -m pytest tests/unit -m 'not gpu'
 	$(PY) -m testbed up
-	$(PY) -m pytest tests/self tests/unit -m 'not gpu'
+	$(PY) -m pytest tests/self -m 'not gpu'
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

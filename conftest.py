@@ -1,11 +1,8 @@
-"""Thin on purpose: the suite's hooks and fixtures live in fixtures/, by concern.
+"""Thin on purpose: the suite's hooks are in k8s_gpu_acceptance/plugin.py, its fixtures in fixtures/.
 
-`pip install -e .` registers fixtures.plugin as a pytest plugin (pyproject's pytest11 entry point); this line
-loads it from a bare checkout too, and is a no-op when the entry point already did.
+Installing the project (`make acceptance`, `pip install -e .`) registers k8s_gpu_acceptance.plugin as a pytest
+plugin (pyproject's pytest11 entry point); this line loads it when plugin autoloading is off
+(PYTEST_DISABLE_PLUGIN_AUTOLOAD=1), and is a no-op when the entry point already did.
 """
 
-import pytest
-
-pytest.register_assert_rewrite("fixtures")
-
-pytest_plugins = ["fixtures.plugin"]
+pytest_plugins = ["k8s_gpu_acceptance.plugin"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -28,30 +28,76 @@ CLUSTER_NAME = "k8s-gpu-acceptance"
 CREATE_TIMEOUT = "180s"
 
 
-def kwokctl_env(workdir: Path) -> dict[str, str]:
-    """kwokctl keeps its cluster files in our state dir and finds the system kubectl."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        raise TestbedError("kubectl is not on PATH: kwokctl needs it")
+def kwokctl_env(workdir: Path, bindir: Path) -> dict[str, str]:
+    """kwokctl keeps its cluster files in our state dir and uses our kubectl (the multicall binary)."""
     env = dict(os.environ)
     env["KWOK_WORKDIR"] = str(workdir)
-    env["KWOK_KUBECTL_BINARY"] = kubectl
+    env["KWOK_KUBECTL_BINARY"] = str(bindir / "kubectl")
     return env
+
+
+def pki_dir(workdir: Path) -> Path:
+    """kwokctl's CA and admin certificate (the real node's kubelet certificate is signed by this CA)."""
+    return workdir / "clusters" / CLUSTER_NAME / "pki"
+
+
+def kwokctl_patches(workdir: Path) -> dict[str, Any]:
+    """Component flags on top of kwokctl's defaults.
+
+    - kwok-controller: kwokctl's binary runtime makes kwok manage ALL nodes; only the simulated ones
+      (annotated `kwok.x-k8s.io/node: fake`, testbed/nodes.py) are its: the real node has a real kubelet.
+    - kube-apiserver: talk to the real kubelet (logs, exec) with the admin client certificate, at its
+      InternalIP (the node name is not resolvable).
+    """
+    pki = pki_dir(workdir)
+    return {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "componentsPatches": [
+            {
+                "name": "kwok-controller",
+                "extraArgs": [
+                    {"key": "manage-all-nodes", "value": "false", "override": True},
+                    {"key": "manage-nodes-with-annotation-selector", "value": "kwok.x-k8s.io/node=fake"},
+                ],
+            },
+            {
+                "name": "kube-apiserver",
+                "extraArgs": [
+                    {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt")},
+                    {"key": "kubelet-client-key", "value": str(pki / "admin.key")},
+                    {"key": "kubelet-preferred-address-types", "value": "InternalIP,Hostname"},
+                ],
+            },
+        ],
+    }
 
 
 def kwokctl(bindir: Path, workdir: Path, args: list[str], timeout: float = 300) -> str:
     """Run kwokctl; on failure raise with its output."""
     cmd = [str(bindir / "kwokctl"), *args]
-    proc = subprocess.run(cmd, env=kwokctl_env(workdir), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, env=kwokctl_env(workdir, bindir), capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         raise TestbedError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout + proc.stderr
 
 
-def create_cluster(bindir: Path, workdir: Path, kubeconfig: Path) -> None:
-    """kwokctl create cluster, every component pointed at a local binary (a path is linked, never fetched)."""
+def create_cluster(bindir: Path, workdir: Path, kubeconfig: Path, kwok_controller: bool = True) -> None:
+    """kwokctl create cluster, every component pointed at a local binary (a path is linked, never fetched).
+
+    Without `kwok_controller` (a GPU host: no simulated nodes) kwokctl starts only the real control plane.
+    """
+    kwok_args = (
+        ["--kwok-controller-binary", str(bindir / "kwok")]
+        if kwok_controller
+        else ["--disable", "kwok-controller"]
+    )
     config_file = workdir.parent / "kwok-stages.yaml"
-    config_file.write_text(kwok_config_yaml())
+    config_file.write_text(
+        kwok_config_yaml() + "---\n" + yaml.safe_dump(kwokctl_patches(workdir), sort_keys=False)
+    )
     kwokctl(
         bindir,
         workdir,
@@ -72,8 +118,7 @@ def create_cluster(bindir: Path, workdir: Path, kubeconfig: Path) -> None:
             str(bindir / "kube-scheduler"),
             "--kube-controller-manager-binary",
             str(bindir / "kube-controller-manager"),
-            "--kwok-controller-binary",
-            str(bindir / "kwok"),
+            *kwok_args,
             "--etcd-binary",
             str(bindir / "etcd"),
             # Namespaced Logs objects are how the recording controller attaches a recording to one pod.

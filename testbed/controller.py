@@ -48,6 +48,19 @@ class RecordingController:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recording")
         self.seen: set[str] = set()
         self.lock = threading.Lock()
+        self.kwok_nodes: dict[str, bool] = {}
+
+    def is_kwok_node(self, name: str) -> bool:
+        """Only kwok's (simulated) nodes get recordings: a pod on the real node (testbed/node.py) really
+        runs and its log is its own. A name is the same node for the testbed's life: the answer is cached."""
+        if name not in self.kwok_nodes:
+            try:
+                node = self.core.read_node(name)
+                annotations = node.metadata.annotations or {}
+                self.kwok_nodes[name] = annotations.get("kwok.x-k8s.io/node") == "fake"
+            except ApiException:
+                return False
+        return self.kwok_nodes[name]
 
     def wants(self, pod: client.V1Pod) -> bool:
         """A Running probe pod that has neither its log nor an error yet, and is not already being handled."""
@@ -55,6 +68,8 @@ class RecordingController:
         if pod.status.phase != "Running" or pod.metadata.deletion_timestamp is not None:
             return False
         if LOGS_READY_ANNOTATION in annotations or RECORDING_ERROR_ANNOTATION in annotations:
+            return False
+        if not pod.spec.node_name or not self.is_kwok_node(pod.spec.node_name):
             return False
         with self.lock:
             if pod.metadata.uid in self.seen:

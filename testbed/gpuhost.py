@@ -17,7 +17,9 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import shutil
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +29,10 @@ from typing import Any
 
 from kubernetes import client
 
-from testbed import build, cluster, versions
+from testbed import build, cluster, images, versions
 from testbed.build import Component, fmt_duration, log, run_go, write_module
 from testbed.errors import TestbedError
+from testbed.node import NodeOptions
 
 DEVICE_PLUGIN_VERSION = "v0.19.1"
 # The device plugin's go.mod pins a pseudo-version of the toolkit whose checksum the proxy refuses; the
@@ -454,3 +457,169 @@ def unpack(part_dirs: list[Path], bindir: Path) -> Path:
                 link.symlink_to(dest)
     log(f"unpacked {count} binaries into {bindir}")
     return bindir
+
+
+# --- `python -m testbed up --gpu-host`: the single-node GPU cluster ---------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuHost:
+    """What `up --gpu-host` was asked for; saved in the state so `up` can tell what changed."""
+
+    bin_dir: str  # the unpacked bundle (or the testbed's own bin dir + the NVIDIA one on a host with Go)
+    python: str  # the interpreter whose environment has torch and transformers (goes into the probe image)
+    time_slicing: int = 1  # nvidia.com/gpu replicas per physical GPU (1: no sharing)
+    node_name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """For state.json."""
+        return dataclasses.asdict(self)
+
+
+REQUIRED_BINARIES = (
+    *HOST_BINARIES,
+    *KUBE_LINKS,
+    *NVIDIA_BINARIES,
+    "cni/bridge",
+    "cni/host-local",
+    "cni/loopback",
+)
+
+
+def check_bin_dir(bindir: Path) -> None:
+    """Every binary the GPU host runs is there (no Go on a GPU host: nothing can be built there)."""
+    missing = [b for b in REQUIRED_BINARIES if not (bindir / b).exists()]
+    if missing:
+        raise TestbedError(
+            f"{bindir} lacks {', '.join(missing)}: unpack the bundle there "
+            "(`python -m testbed unpack-bundle PART_DIR... --bin-dir DIR`; "
+            "parts from `python -m testbed bundle`)"
+        )
+
+
+def node_name() -> str:
+    """The host's name as a DNS-1123 node name (a kubelet registers under its hostname by default)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")
+    return name[:63].strip("-") or "gpu-host"
+
+
+ENVIRONMENT_SCRIPT = """
+import json, site, sys, torch, transformers
+paths = [sys.prefix] if sys.prefix != sys.base_prefix else []  # a venv: all of it (pyvenv.cfg, bin, lib)
+paths += [p for p in site.getsitepackages() + [site.getusersitepackages()] if not p.startswith(sys.prefix)]
+print(json.dumps({"paths": paths, "torch": torch.__version__, "transformers": transformers.__version__}))
+"""
+
+
+def python_environment(python: str) -> tuple[tuple[str, ...], str]:
+    """(host paths holding the interpreter's packages, torch version): torch must be importable there.
+
+    A venv goes in whole; a system interpreter brings its site/dist-packages directories.
+    """
+    proc = subprocess.run(
+        [python, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=180, check=False
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise TestbedError(
+            f"{python} cannot import torch and transformers (the probe image is made from its environment): "
+            f"{last}; pass --python with one that can"
+        )
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    paths = tuple(p for p in found["paths"] if os.path.isdir(p))
+    return paths, str(found["torch"])
+
+
+def plugin_image_spec(bindir: Path) -> images.ImageSpec:
+    """NVIDIA's device plugin image from the built binary and the glibc it links (found with ldd)."""
+    return images.ImageSpec(
+        repository=PLUGIN_IMAGE.rsplit(":", 1)[0],
+        tag_prefix=DEVICE_PLUGIN_VERSION,
+        paths=(str(bindir / "nvidia-device-plugin"),),
+        env=("PATH=/usr/bin:/bin",),
+        cmd=(str(bindir / "nvidia-device-plugin"),),
+    )
+
+
+def node_options(host: GpuHost) -> NodeOptions:
+    """The real node of a GPU host: no fake plugin, no taint (the only node), torch in the probe image."""
+    paths, _ = python_environment(host.python)
+    return NodeOptions(
+        name=host.node_name,
+        fake_gpus=0,
+        probe_paths=paths,
+        probe_python=host.python,
+        taints=(),
+        labels=(),
+        extra_images=(("nvidia-device-plugin", plugin_image_spec(Path(host.bin_dir))),),
+        ready_timeout_s=180.0,
+    )
+
+
+def configure_gpus(api_client: client.ApiClient, host: GpuHost, work: Path, timeout: float = 180.0) -> int:
+    """Apply the device plugin with the wanted sharing, wait until the node advertises the GPUs, label it.
+
+    Returns the number of nvidia.com/gpu the node advertises (physical GPUs x time-slicing replicas).
+    """
+    bindir = Path(host.bin_dir)
+    physical = physical_gpus()
+    config = apply_device_plugin(api_client, bindir, host.time_slicing)
+    expected = physical * max(1, host.time_slicing)
+    wait_gpus_advertised(api_client, host.node_name, expected, timeout)
+    labels = apply_gfd_labels(api_client, host.node_name, bindir, config, work)
+    product = labels.get("nvidia.com/gpu.product")
+    sharing = labels.get("nvidia.com/gpu.sharing-strategy")
+    log(
+        f"node {host.node_name}: nvidia.com/gpu={expected} ({physical} physical x "
+        f"{max(1, host.time_slicing)}), GFD labels: product {product}, sharing {sharing}"
+    )
+    return expected
+
+
+def physical_gpus() -> int:
+    """GPUs the driver shows (nvidia-smi -L): what the plugin must advertise, times the replicas."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        raise TestbedError("no nvidia-smi on PATH: a GPU host needs the NVIDIA driver installed")
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60, check=False)
+    gpus = [line for line in proc.stdout.splitlines() if line.startswith("GPU ")]
+    if proc.returncode != 0 or not gpus:
+        raise TestbedError(f"nvidia-smi -L found no GPU ({proc.returncode}): {proc.stderr.strip()}")
+    return len(gpus)
+
+
+CDI_DIR = Path("/var/run/cdi")
+
+
+def cdi_specs() -> list[str]:
+    """The CDI spec files present now (the device plugin writes its own there; `down` removes only that)."""
+    return sorted(p.name for p in CDI_DIR.iterdir()) if CDI_DIR.is_dir() else []
+
+
+def remove_cdi_specs(before: list[str]) -> list[str]:
+    """Remove the CDI specs that appeared while the cluster ran; returns problems."""
+    problems = []
+    for name in set(cdi_specs()) - set(before):
+        try:
+            (CDI_DIR / name).unlink()
+            log(f"removed CDI spec {CDI_DIR / name}")
+        except OSError as exc:
+            problems.append(f"cannot remove {CDI_DIR / name}: {exc}")
+    return problems
+
+
+def same_host(saved: dict[str, Any], wanted: GpuHost) -> bool:
+    """The running GPU host cluster was made from the same binaries, interpreter and node name."""
+    return all(saved.get(k) == getattr(wanted, k) for k in ("bin_dir", "python", "node_name"))
+
+
+def merged_bin_dir(bindir: Path, nvidia: Path) -> Path:
+    """One directory with the testbed's and the NVIDIA binaries (links), for a GPU host that has Go."""
+    merged = versions.cache_root() / "gpuhost-bin"
+    merged.mkdir(parents=True, exist_ok=True)
+    for source in [*bindir.iterdir(), *nvidia.iterdir()]:
+        link = merged / source.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source)
+    return merged

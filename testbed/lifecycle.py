@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed import build, cluster, versions
+from testbed import build, cluster, gpuhost, hostcheck, versions
 from testbed.build import fmt_duration, log
 from testbed.errors import TestbedError
 from testbed.minio import minio_ready, start_minio, wait_minio
+from testbed.node import NodeOptions, NodeState, node_healthy, start_node, stop_node
 from testbed.nodes import default_nodes
 from testbed.recordings import recordings_dir
 from testbed.state import Proc, State, is_alive, locked, start, state_dir, stop
@@ -26,6 +27,8 @@ class Testbed:
     env: dict[str, str]
     recordings_dir: Path  # where the recording controller reads `<name>.log` from
     started_here: bool  # False when `up` found it already running
+    real_node: str | None = None  # the node with a real kubelet (testbed/node.py), tainted REAL_NODE_TAINT
+    probe_image: str | None = None  # an image present on the real node that runs the suite's probe
 
     __test__ = False
 
@@ -35,6 +38,8 @@ def client_env(state: State | None = None) -> dict[str, str]:
     state = state or State.load()
     if state is None:
         raise TestbedError("the testbed is not running: start it with `python -m testbed up`")
+    if not state.credentials_file:  # a GPU host runs no MinIO
+        return {"KUBECONFIG": state.kubeconfig}
     creds = state.credentials()
     return {
         "KUBECONFIG": state.kubeconfig,
@@ -47,7 +52,15 @@ def client_env(state: State | None = None) -> dict[str, str]:
 
 def testbed_of(state: State, started_here: bool) -> Testbed:
     """The client's view of a running testbed."""
-    return Testbed(Path(state.kubeconfig), client_env(state), Path(state.recordings_dir), started_here)
+    node = NodeState.from_dict(state.real_node) if state.real_node else None
+    return Testbed(
+        Path(state.kubeconfig),
+        client_env(state),
+        Path(state.recordings_dir),
+        started_here,
+        real_node=node.name if node else None,
+        probe_image=node.images.get("probe") if node else None,
+    )
 
 
 def kwok_pids(state: State) -> dict[str, int]:
@@ -79,17 +92,35 @@ def health(state: State) -> dict[str, bool]:
     out["kube-apiserver (API read)"] = cluster.apiserver_ready(Path(state.kubeconfig))
     for name, proc in state.procs.items():
         out[f"{name} (pid {proc.pid})"] = is_alive(proc)
-    out[f"minio {state.s3_endpoint}"] = minio_ready(state.s3_endpoint)
+    if state.s3_endpoint:
+        out[f"minio {state.s3_endpoint}"] = minio_ready(state.s3_endpoint)
+    if state.real_node:
+        out.update(node_healthy(NodeState.from_dict(state.real_node)))
     return out
 
 
-def up(gpu_nodes: int | None = None) -> Testbed:
-    """Start the testbed, or reuse the running one; either way the nodes are made the wanted set."""
+def real_node_wanted() -> bool:
+    """The real node runs unless TESTBED_REAL_NODE=0 (e.g. a host where the kubelet cannot run)."""
+    return os.environ.get("TESTBED_REAL_NODE", "1") != "0"
+
+
+def up(gpu_nodes: int | None = None, gpu_host: gpuhost.GpuHost | None = None) -> Testbed:
+    """Start the testbed, or reuse the running one; either way the nodes are made the wanted set.
+
+    With `gpu_host`: the single-node GPU cluster of a real GPU host (testbed/gpuhost.py) instead.
+    """
     started = time.monotonic()
     with locked():
         state = State.load()
         if state is not None:
             checks = health(state)
+            if gpu_host is not None or state.gpu_host:
+                same = gpu_host is not None and gpuhost.same_host(state.gpu_host, gpu_host)
+                checks["GPU host mode as asked (--gpu-host, --bin-dir, --python)"] = same
+                if all(checks.values()) and gpu_host is not None:
+                    return reuse_gpu_host(state, gpu_host, started)
+            elif bool(state.real_node) != real_node_wanted():
+                checks["real node as wanted (TESTBED_REAL_NODE)"] = False
             if all(checks.values()):
                 gpu_count, changed = set_nodes(state, gpu_nodes)
                 if changed:
@@ -102,8 +133,63 @@ def up(gpu_nodes: int | None = None) -> Testbed:
             bad = ", ".join(k for k, ok in checks.items() if not ok)
             log(f"found a broken testbed ({bad} not running): stopping what is left of it")
             _down(state)
-        state = _start(gpu_nodes, started)
+        state = _start_gpu_host(gpu_host, started) if gpu_host else _start(gpu_nodes, started)
         return testbed_of(state, started_here=True)
+
+
+def reuse_gpu_host(state: State, host: gpuhost.GpuHost, started: float) -> Testbed:
+    """A running GPU host cluster: only the sharing configuration may change (the plugin pod rolls)."""
+    if state.gpu_host.get("time_slicing") != host.time_slicing:
+        with cluster.api(Path(state.kubeconfig)) as c:
+            gpuhost.configure_gpus(c, host, state_dir() / "gpuhost")
+        state.gpu_host = {**state.gpu_host, "time_slicing": host.time_slicing}
+        state.save()
+        step(f"time-slicing set to {host.time_slicing} replicas", started)
+    log(f"GPU host cluster already running; up took {fmt_duration(time.monotonic() - started)}")
+    return testbed_of(state, started_here=False)
+
+
+def _start_gpu_host(host: gpuhost.GpuHost, t0: float) -> State:
+    """Control plane (kwokctl, no kwok controller) + the real node + NVIDIA's device plugin; no MinIO."""
+    bindir = Path(host.bin_dir)
+    gpuhost.check_bin_dir(bindir)
+    options = gpuhost.node_options(host)  # fails early when the interpreter cannot import torch
+    t = step("binaries ready", t0)
+    hostcheck.save_baseline(hostcheck.snapshot())
+    sdir = state_dir()
+    shutil.rmtree(sdir, ignore_errors=True)
+    sdir.mkdir(parents=True)
+    state = State(
+        cluster_name=cluster.CLUSTER_NAME,
+        kwok_workdir=str(sdir / "kwok"),
+        kubeconfig=str(sdir / "kubeconfig"),
+        bin_dir=str(bindir),
+        s3_endpoint="",
+        credentials_file="",
+        minio_data_dir="",
+        started_at=time.time(),
+        gpu_host={**host.to_dict(), "cdi_before": gpuhost.cdi_specs()},
+    )
+    state.save()
+    try:
+        cluster.create_cluster(
+            bindir, Path(state.kwok_workdir), Path(state.kubeconfig), kwok_controller=False
+        )
+        t = step(
+            f"control plane created (etcd, kube-apiserver, kube-scheduler, kube-controller-manager "
+            f"{versions.KUBERNETES_VERSION})",
+            t,
+        )
+        start_real_node(state, bindir, sdir, options)
+        t = step(f"real node {host.node_name} Ready", t)
+        with cluster.api(Path(state.kubeconfig)) as c:
+            gpus = gpuhost.configure_gpus(c, host, sdir / "gpuhost")
+        step(f"NVIDIA device plugin {gpuhost.DEVICE_PLUGIN_VERSION} Ready, nvidia.com/gpu={gpus}", t)
+    except BaseException:
+        log(f"start failed: state kept in {sdir}; run `python -m testbed down` to clean up")
+        raise
+    log(f"GPU host cluster up in {fmt_duration(time.monotonic() - t0)}")
+    return state
 
 
 def step(what: str, since: float) -> float:
@@ -116,6 +202,7 @@ def step(what: str, since: float) -> float:
 def _start(gpu_nodes: int | None, t0: float) -> State:
     bindir = build.ensure_built()
     t = step("binaries ready", t0)
+    hostcheck.save_baseline(hostcheck.snapshot())  # what `check-clean` compares with after `down`
     sdir = state_dir()
     shutil.rmtree(sdir, ignore_errors=True)
     sdir.mkdir(parents=True)
@@ -151,7 +238,10 @@ def _start(gpu_nodes: int | None, t0: float) -> State:
             cluster.wait_ready(c, state.nodes, gpu_count)
         t = step("nodes Ready, device plugin pods Ready, recording controller watching", t)
         wait_minio(minio_proc, endpoint)
-        step(f"MinIO ready at {endpoint}", t)
+        t = step(f"MinIO ready at {endpoint}", t)
+        if real_node_wanted():
+            start_real_node(state, bindir, sdir)
+            step("real node Ready", t)
     except BaseException:
         log(
             f"start failed: state kept in {sdir} (logs in {sdir}/logs and {state.kwok_workdir}); "
@@ -160,6 +250,28 @@ def _start(gpu_nodes: int | None, t0: float) -> State:
         raise
     log(f"testbed up in {fmt_duration(time.monotonic() - t0)}")
     return state
+
+
+def start_real_node(state: State, bindir: Path, sdir: Path, options: NodeOptions | None = None) -> None:
+    """The kubelet + containerd node (testbed/node.py), registered with the running control plane."""
+
+    def remember(ns: NodeState) -> None:
+        state.real_node = ns.to_dict()
+        state.save()
+
+    kwok_dir = Path(state.kwok_workdir)
+    with cluster.api(Path(state.kubeconfig)) as c:
+        ns = start_node(
+            sdir,
+            bindir,
+            c,
+            server=c.configuration.host,
+            pki=cluster.pki_dir(kwok_dir),
+            image_cache=versions.cache_root() / versions.version_key() / "images",
+            options=options,
+            on_state=remember,
+        )
+    remember(ns)
 
 
 def set_nodes(state: State, gpu_nodes: int | None) -> tuple[int, bool]:
@@ -216,6 +328,12 @@ def down() -> bool:
 def _down(state: State) -> None:
     t = time.monotonic()
     problems: list[str] = []
+    if state.real_node:
+        node = NodeState.from_dict(state.real_node)
+        problems += stop_node(node)
+        t = step(f"real node {node.name} stopped", t)
+    if state.gpu_host:
+        problems += gpuhost.remove_cdi_specs(state.gpu_host.get("cdi_before", []))
     for name, proc in state.procs.items():
         if stop(proc):
             log(f"stopped {name} (pid {proc.pid})")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from testbed import versions
 
@@ -48,6 +49,8 @@ class State:
     procs: dict[str, Proc] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
     started_at: float = 0.0
+    gpu_host: dict[str, Any] = field(default_factory=dict)  # testbed.gpuhost.GpuHost, on a real GPU host
+    real_node: dict[str, Any] = field(default_factory=dict)  # testbed.node.NodeState, when the real node runs
 
     @classmethod
     def load(cls, directory: Path | None = None) -> State | None:

@@ -20,6 +20,14 @@ KWOK_VERSION = "v0.8.0"
 # MinIO release tags are not semver: pin the pseudo-version of a commit (go list -m ...@latest).
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 
+# The real node (kubelet from the multicall binary + containerd + runc + bridge CNI).
+CONTAINERD_VERSION = "v2.4.2"
+RUNC_VERSION = "v1.5.2"
+CNI_PLUGINS_VERSION = "v1.10.0"
+CRICTL_VERSION = "v1.36.0"  # sigs.k8s.io/cri-tools: only for debugging the node by hand
+# The sandbox image: build/pause/linux/pause.c of the k8s.io/kubernetes module (its Makefile TAG).
+PAUSE_VERSION = "3.10.2"
+
 # Shown by the device plugin DaemonSet; kwok runs no container, so the image is never pulled.
 DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.1"
 
@@ -28,6 +36,11 @@ PINS: dict[str, str] = {
     "etcd": ETCD_VERSION,
     "kwok": KWOK_VERSION,
     "minio": MINIO_VERSION,
+    "containerd": CONTAINERD_VERSION,
+    "runc": RUNC_VERSION,
+    "cni-plugins": CNI_PLUGINS_VERSION,
+    "crictl": CRICTL_VERSION,
+    "pause": PAUSE_VERSION,
 }
 
 

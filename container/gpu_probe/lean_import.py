@@ -16,6 +16,11 @@ calls the function as eager mode does (and applies the real decorator if the rea
 then), `allow_in_graph` returns the function (what the real one returns); any other use imports the real
 torch._dynamo at once. The stand-in is removed right after the import, so later users get the real module.
 
+transformers' first import also maps every installed distribution to its packages
+(importlib.metadata.packages_distributions: 0.6 s of file parsing under the GIL with ~200 packages). The
+same call runs in a child process from the start (`DistributionMap`), in parallel with `import torch`, and
+its answer is handed to transformers; if the child fails, transformers computes it itself as usual.
+
 GPU_PROBE_PLAIN_IMPORTS=1 turns all of this off (the ordinary import, for comparison and as an escape hatch).
 This module imports nothing heavy at import time (the probe's stdlib-only layers import it).
 """
@@ -25,7 +30,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.metadata
+import json
 import os
+import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -159,14 +167,67 @@ def dynamo_stand_in() -> Iterator[bool]:
                 del sys.modules[name]
 
 
+DISTRIBUTION_MAP_CODE = (
+    "import importlib.metadata, json, sys; json.dump(importlib.metadata.packages_distributions(), sys.stdout)"
+)
+
+
+class DistributionMap:
+    """importlib.metadata.packages_distributions() computed by a child process, started at construction."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        try:
+            self._child: subprocess.Popen[str] | None = subprocess.Popen(
+                [sys.executable, "-c", DISTRIBUTION_MAP_CODE],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError as exc:
+            self._child, self.error = None, f"{type(exc).__name__}: {exc}"
+
+    def result(self, timeout_s: float = 20.0) -> dict[str, list[str]] | None:
+        """The mapping, or None (with `error` set) when the child failed or took too long."""
+        if self._child is None:
+            return None
+        try:
+            out, _ = self._child.communicate(timeout=timeout_s)
+            mapping = json.loads(out) if self._child.returncode == 0 else None
+        except (subprocess.TimeoutExpired, ValueError) as exc:
+            self._child.kill()
+            self.error = f"{type(exc).__name__}: {exc}"
+            return None
+        if not isinstance(mapping, dict):
+            self.error = f"the child exited {self._child.returncode}"
+            return None
+        return mapping
+
+
+@contextlib.contextmanager
+def given_distribution_map(mapping: dict[str, list[str]] | None) -> Iterator[None]:
+    """While inside, importlib.metadata.packages_distributions() answers `mapping` (when there is one)."""
+    original = importlib.metadata.packages_distributions
+    if mapping is not None:
+        importlib.metadata.packages_distributions = lambda: {k: list(v) for k, v in mapping.items()}
+    try:
+        yield
+    finally:
+        importlib.metadata.packages_distributions = original
+
+
 def import_gpt2_class(environ: Any = os.environ) -> list[str]:
     """torch, then GPT2LMHeadModel by its module path; returns what was left out (for the document)."""
+    plain = plain_imports(environ)
+    first = "transformers.utils.import_utils" not in sys.modules
+    distributions = DistributionMap() if first and not plain else None
     import torch  # noqa: F401 - first, on its own: the torch_cuda layer waits only for this
 
-    if plain_imports(environ):
+    if plain:
         importlib.import_module("transformers").GPT2LMHeadModel  # noqa: B018 - the ordinary, lazy path
         return []
-    left_out = [name[len("is_") : -len("_available")] for name in hide_unused_integrations()]
+    with given_distribution_map(distributions.result() if distributions else None):
+        left_out = [name[len("is_") : -len("_available")] for name in hide_unused_integrations()]
     with dynamo_stand_in() as standing_in:
         importlib.import_module(MODEL_MODULE)
     if standing_in and not REAL_DYNAMO_BECAUSE:

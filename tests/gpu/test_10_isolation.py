@@ -11,18 +11,15 @@ import warnings
 import pytest
 from kubernetes import client
 
-from fixtures.checks import fail
-from fixtures.cluster import REQUEST_TIMEOUT
-from fixtures.diagnosis import diagnose_isolation_leak, diagnose_pod_did_not_run, diagnose_privileged_gpu_pods
-from fixtures.probe import read_document
-from fixtures.sharing import (
-    eligible_gpu_nodes,
-    gpu_sight,
-    open_scenario,
-    privileged_gpu_pods,
-    record,
-    scenario_pod,
+from k8s_gpu_acceptance.checks import fail
+from k8s_gpu_acceptance.cluster import REQUEST_TIMEOUT
+from k8s_gpu_acceptance.diagnosis import (
+    diagnose_isolation_leak,
+    diagnose_pod_did_not_run,
+    diagnose_privileged_gpu_pods,
 )
+from k8s_gpu_acceptance.probe import read_document
+from k8s_gpu_acceptance.sharing import eligible_gpu_nodes, gpu_sight, privileged_gpu_pods
 
 pytestmark = [pytest.mark.gpu, pytest.mark.isolation]
 LAYERS = "driver,nvidia_smi,torch_cuda"
@@ -30,11 +27,9 @@ VARIANTS = ("no-request", "visible-all", "visible-uuid")
 
 
 @pytest.fixture(scope="module")
-def isolation_pods(request, cluster_connection):
+def isolation_pods(request, open_scenario):
     """One namespace and probe ConfigMap for the module's pods, cleaned up at its end."""
-    pods = open_scenario(request, cluster_connection, "iso")
-    pods.setup()
-    return pods
+    return open_scenario(request, "iso")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,8 @@ def _env_for(variant, request):
     if variant == "visible-all":
         return {"NVIDIA_VISIBLE_DEVICES": "all"}
     run = request.getfixturevalue("probe_run")  # the main probe pod's document names a real UUID
-    uuids = [g.get("uuid") for g in ((run.layer("driver") or {}).get("metrics") or {}).get("gpus") or []]
+    driver = run.layer("driver")
+    uuids = [g.get("uuid") for g in driver.metric("gpus", [])] if driver is not None else []
     if not uuids or not uuids[0]:
         pytest.skip(
             f"isolation ({variant}): the main probe pod saw no GPU UUID to name ({run.error or 'no GPU'})"
@@ -60,24 +56,16 @@ def _env_for(variant, request):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_pod_without_gpu_request_sees_no_gpu(request, variant, isolation_pods, gpu_node, gpu_settings):
+def test_pod_without_gpu_request_sees_no_gpu(
+    request, variant, isolation_pods, gpu_node, gpu_settings, record_scenario
+):
     env = _env_for(variant, request)
     name = isolation_pods.name(f"gpu-iso-{variant}")
-    pod = scenario_pod(
-        gpu_settings,
-        isolation_pods.run_id,
-        isolation_pods.namespace,
-        name,
-        isolation_pods.base.configmap_name,
-        isolation_pods.items,
-        scenario=f"isolation-{variant}",
-        layers=LAYERS,
-        gpus=0,
-        node=gpu_node,
-        env=env,
+    pod = isolation_pods.scenario_pod(
+        name, scenario=f"isolation-{variant}", layers=LAYERS, gpus=0, node=gpu_node, env=env
     )
-    isolation_pods.create(pod)
-    result, logs = isolation_pods.run_probe(name)
+    isolation_pods.create_pod(pod)
+    result, logs = isolation_pods.run_pod(name)
     where = f"pod {isolation_pods.namespace}/{name} on {result.node_name or gpu_node}"
     document, error = read_document(logs.get("probe", ""), where) if "probe" in logs else (None, None)
     if document is None:
@@ -88,11 +76,10 @@ def test_pod_without_gpu_request_sees_no_gpu(request, variant, isolation_pods, g
     sight = gpu_sight(document)
     entry = {"node": result.node_name, "env": env, "sees": sight.describe(), "uuids": list(sight.uuids)}
     if not sight.sees_gpu:
-        record(request, f"isolation.{variant}", {**entry, "verdict": "isolated"})
+        record_scenario(f"isolation.{variant}", {**entry, "verdict": "isolated"})
         return
     if gpu_settings.allow_envvar_sharing:
-        record(
-            request,
+        record_scenario(
             f"isolation.{variant}",
             {**entry, "verdict": "deliberate sharing (--allow-envvar-sharing)"},
         )
@@ -102,14 +89,14 @@ def test_pod_without_gpu_request_sees_no_gpu(request, variant, isolation_pods, g
             stacklevel=1,
         )
         return
-    record(request, f"isolation.{variant}", {**entry, "verdict": "leak"})
-    fail(diagnose_isolation_leak(variant, sight.describe(), document.get("env")))
+    record_scenario(f"isolation.{variant}", {**entry, "verdict": "leak"})
+    fail(diagnose_isolation_leak(variant, sight.describe(), dict(document.env)))
 
 
-def test_gpu_pods_do_not_run_privileged(request, cluster_connection):
+def test_gpu_pods_do_not_run_privileged(cluster_connection, record_scenario):
     core = client.CoreV1Api(cluster_connection.api)
     pods = core.list_pod_for_all_namespaces(_request_timeout=REQUEST_TIMEOUT).items
     found = privileged_gpu_pods(cluster_connection.api.sanitize_for_serialization(p) for p in pods)
-    record(request, "isolation.privileged_gpu_pods", {"pods": found, "checked": len(pods)})
+    record_scenario("isolation.privileged_gpu_pods", {"pods": found, "checked": len(pods)})
     if found:
         fail(diagnose_privileged_gpu_pods(found))

@@ -2,9 +2,10 @@
 
 Not a layer of the chain; each test skips with the reason when the cluster has no such configuration.
 Time-slicing runs the probe alone on a time-sliced node (the exclusive figure), then `replicas` probe pods
-at one shared instant (fixtures/sync_start.py) and checks they ran at once, on one UUID, each with a share
-of 0.5x..1.5x of 1/N of the exclusive bf16 TFLOP/s. MPS runs fixtures/mps_check.py as a client pod with
-CUDA_MPS_PINNED_DEVICE_MEM_LIMIT set: allocating within the limit must work, past it must fail.
+at one shared instant (k8s_gpu_acceptance/sync_start.py) and checks they ran at once, on one UUID, each
+with a share of 0.5x..1.5x of 1/N of the exclusive bf16 TFLOP/s. MPS runs k8s_gpu_acceptance/mps_check.py
+as a client pod with CUDA_MPS_PINNED_DEVICE_MEM_LIMIT set: allocating within the limit must work, past it
+must fail.
 """
 
 import time
@@ -12,19 +13,20 @@ import time
 import pytest
 from kubernetes import client
 
-from fixtures.checks import fail
-from fixtures.cluster import REQUEST_TIMEOUT
-from fixtures.diagnosis import (
-    Diagnosis,
+from k8s_gpu_acceptance.checks import fail
+from k8s_gpu_acceptance.cluster import REQUEST_TIMEOUT
+from k8s_gpu_acceptance.diagnosis import (
     diagnose_mig_memory,
+    diagnose_mig_scheduling,
     diagnose_mps_memory_limit,
+    diagnose_mps_no_gpu,
     diagnose_multi_container,
     diagnose_pod_did_not_run,
     diagnose_time_slicing,
 )
-from fixtures.mps_check import LIMIT_ENV
-from fixtures.probe import read_document
-from fixtures.sharing import (
+from k8s_gpu_acceptance.mps_check import LIMIT_ENV
+from k8s_gpu_acceptance.probe import read_document
+from k8s_gpu_acceptance.sharing import (
     MAX_REPLICAS,
     MPS_CHECK,
     MPS_FIELDS,
@@ -38,12 +40,9 @@ from fixtures.sharing import (
     mig_memory_ok,
     mig_resources,
     mps_limit_verdict,
-    open_scenario,
     parse_mig_profile,
     read_mps_check,
-    record,
     run_window,
-    scenario_pod,
     shares,
     tolerated,
 )
@@ -53,10 +52,8 @@ START_LEAD_S = 40  # replicas start this long after creation: pull (cached by th
 
 
 @pytest.fixture(scope="module")
-def sharing_pods(request, cluster_connection):
-    pods = open_scenario(request, cluster_connection, "share")
-    pods.setup()
-    return pods
+def sharing_pods(request, open_scenario):
+    return open_scenario(request, "share")
 
 
 def _run(pods, pod, containers=("probe",), read=read_document):
@@ -65,12 +62,12 @@ def _run(pods, pod, containers=("probe",), read=read_document):
     `read(log, where) -> (document, error)`: the probe's document, or e.g. read_mps_check's.
     """
     name = pod["metadata"]["name"]
-    pods.create(pod)
+    pods.create_pod(pod)
     return _collect(pods, name, containers, read)
 
 
 def _collect(pods, name, containers=("probe",), read=read_document):
-    result, logs = pods.run_probe(name, containers)
+    result, logs = pods.run_pod(name, containers)
     where = f"pod {pods.namespace}/{name} on {result.node_name or '?'}"
     documents = {}
     for container in containers:
@@ -90,18 +87,12 @@ def _collect(pods, name, containers=("probe",), read=read_document):
     return result, documents
 
 
-def _pod(pods, settings, name, **kwargs):
-    return scenario_pod(
-        settings, pods.run_id, pods.namespace, name, pods.base.configmap_name, pods.items, **kwargs
-    )
-
-
-def test_containers_of_one_pod_on_one_gpu(request, sharing_pods, cluster_facts, gpu_settings):
+def test_containers_of_one_pod_on_one_gpu(record_scenario, sharing_pods, cluster_facts, gpu_settings):
     nodes = eligible_gpu_nodes(cluster_facts.nodes, gpu_settings)
     if not nodes:
         pytest.skip("multi-container: no Ready GPU node that the suite's pods may land on")
     name = sharing_pods.name("gpu-multi")
-    pod = _pod(sharing_pods, gpu_settings, name, scenario="multi-container", layers="driver,nvidia_smi")
+    pod = sharing_pods.scenario_pod(name, scenario="multi-container", layers="driver,nvidia_smi")
     add_shared_container(pod, "shared", "driver,nvidia_smi")
     result, docs = _run(sharing_pods, pod, ("probe", "shared"))
     gpu, other = gpu_sight(docs["probe"]), gpu_sight(docs["shared"])
@@ -113,7 +104,7 @@ def test_containers_of_one_pod_on_one_gpu(request, sharing_pods, cluster_facts, 
         if set(other.uuids) <= set(gpu.uuids)
         else "foreign GPU"
     )
-    record(request, "multi_container", {"node": result.node_name, "uuids_seen": seen, "mode": mode})
+    record_scenario("multi_container", {"node": result.node_name, "uuids_seen": seen, "mode": mode})
     if not gpu.sees_gpu or mode == "foreign GPU":
         fail(diagnose_multi_container("probe", gpu.describe(), "shared", other.describe()))
 
@@ -140,16 +131,16 @@ def _time_sliced(cluster_facts, settings):
     )
 
 
-def test_time_slicing_replicas_share_one_gpu(request, sharing_pods, cluster_facts, gpu_settings):
+def test_time_slicing_replicas_share_one_gpu(record_scenario, sharing_pods, cluster_facts, gpu_settings):
     config = _time_sliced(cluster_facts, gpu_settings)
     n = min(config.replicas, MAX_REPLICAS, config.allocatable)
     layers = "driver,gpu_perf"
     excl_name = sharing_pods.name("gpu-ts-excl")
-    excl_pod = _pod(
-        sharing_pods, gpu_settings, excl_name, scenario="timeslice-exclusive", layers=layers, node=config.node
+    excl_pod = sharing_pods.scenario_pod(
+        excl_name, scenario="timeslice-exclusive", layers=layers, node=config.node
     )
     _result, excl_docs = _run(sharing_pods, excl_pod)
-    exclusive = ((excl_docs["probe"]["layers"].get("gpu_perf") or {}).get("metrics") or {}).get("bf16_tflops")
+    exclusive = excl_docs["probe"].layer("gpu_perf").metric("bf16_tflops")
     if not exclusive:
         fail(
             diagnose_time_slicing(
@@ -159,10 +150,8 @@ def test_time_slicing_replicas_share_one_gpu(request, sharing_pods, cluster_fact
     start_at = int(time.time() + START_LEAD_S) + 0.5  # mid-second: started_at (1 s resolution) agrees
     names = [sharing_pods.name(f"gpu-ts-{i}") for i in range(n)]
     for i, name in enumerate(names):
-        sharing_pods.create(
-            _pod(
-                sharing_pods,
-                gpu_settings,
+        sharing_pods.create_pod(
+            sharing_pods.scenario_pod(
                 name,
                 scenario=f"timeslice-{n}-{i}",
                 layers=layers,
@@ -173,7 +162,7 @@ def test_time_slicing_replicas_share_one_gpu(request, sharing_pods, cluster_fact
     docs = {name: _collect(sharing_pods, name)[1]["probe"] for name in names}
     figures = []
     for name, doc in docs.items():
-        perf = (doc["layers"].get("gpu_perf") or {}).get("metrics") or {}
+        perf = doc.metrics("gpu_perf")
         if not perf.get("bf16_tflops"):
             fail(
                 diagnose_time_slicing(
@@ -203,7 +192,7 @@ def test_time_slicing_replicas_share_one_gpu(request, sharing_pods, cluster_fact
         ],
         "tolerance": "0.5x..1.5x of 1/N",
     }
-    record(request, "time_slicing", entry)
+    record_scenario("time_slicing", entry)
     if overlap <= 0:
         fail(
             diagnose_time_slicing(
@@ -241,15 +230,14 @@ def _mps_config(cluster_facts, settings):
     return config
 
 
-def test_mps_client_sees_its_share(request, sharing_pods, cluster_facts, gpu_settings):
+def test_mps_client_sees_its_share(record_scenario, sharing_pods, cluster_facts, gpu_settings):
     config = _mps_config(cluster_facts, gpu_settings)
     name = sharing_pods.name("gpu-mps")
-    pod = _pod(sharing_pods, gpu_settings, name, scenario="mps", layers="driver,torch_cuda", node=config.node)
+    pod = sharing_pods.scenario_pod(name, scenario="mps", layers="driver,torch_cuda", node=config.node)
     _result, docs = _run(sharing_pods, pod)
     sight = gpu_sight(docs["probe"])
-    devices = ((docs["probe"]["layers"].get("torch_cuda") or {}).get("metrics") or {}).get("devices") or []
-    record(
-        request,
+    devices = docs["probe"].layer("torch_cuda").metric("devices", [])
+    record_scenario(
         "mps",
         {
             "node": config.node,
@@ -260,24 +248,15 @@ def test_mps_client_sees_its_share(request, sharing_pods, cluster_facts, gpu_set
         },
     )
     if not sight.sees_gpu:
-        fail(
-            Diagnosis(
-                "sharing",
-                f"an MPS client pod on {config.node} sees {sight.describe()}",
-                "the device plugin's MPS control daemon is not running on the node, so clients get no GPU",
-                "kubectl -n <device plugin namespace> get pods -o wide | grep mps-control-daemon; its logs",
-                "mps-no-gpu",
-            )
-        )
+        fail(diagnose_mps_no_gpu(config.node, sight.describe()))
 
 
-def test_mps_client_cannot_exceed_memory_limit(request, sharing_pods, cluster_facts, gpu_settings):
-    """fixtures/mps_check.py in a pod on the MPS node: within the pinned memory limit, then past it."""
+def test_mps_client_cannot_exceed_memory_limit(record_scenario, sharing_pods, cluster_facts, gpu_settings):
+    """k8s_gpu_acceptance/mps_check.py in a pod on the MPS node: within the pinned memory limit, then
+    past it."""
     config = _mps_config(cluster_facts, gpu_settings)
     name = sharing_pods.name("gpu-mps-limit")
-    pod = _pod(
-        sharing_pods,
-        gpu_settings,
+    pod = sharing_pods.scenario_pod(
         name,
         scenario="mps-limit",
         layers="",
@@ -289,8 +268,7 @@ def test_mps_client_cannot_exceed_memory_limit(request, sharing_pods, cluster_fa
     doc = docs["probe"]
     where = f"pod {sharing_pods.namespace}/{name} on {result.node_name or '?'}"
     verdict = mps_limit_verdict(doc)
-    record(
-        request,
+    record_scenario(
         "mps.memory_limit",
         {
             "node": config.node,
@@ -321,9 +299,7 @@ def mig_run(request, sharing_pods, cluster_connection, cluster_facts, gpu_settin
         pytest.skip("mig: no node that accepts the suite's pods advertises nvidia.com/mig-* resources")
     name = sharing_pods.name("gpu-mig")
     profile = parse_mig_profile(resource)
-    pod = _pod(
-        sharing_pods,
-        gpu_settings,
+    pod = sharing_pods.scenario_pod(
         name,
         scenario=f"mig-{resource.removeprefix('nvidia.com/mig-')}",
         layers="driver,nvidia_smi,torch_cuda",
@@ -334,41 +310,30 @@ def mig_run(request, sharing_pods, cluster_connection, cluster_facts, gpu_settin
     return node.metadata.name, resource, profile, result, docs["probe"]
 
 
-def test_mig_slice_is_scheduled(request, mig_run):
+def test_mig_slice_is_scheduled(record_scenario, mig_run):
     node, resource, _profile, result, _doc = mig_run
-    record(
-        request,
+    record_scenario(
         "mig",
         {"node": node, "resource": resource, "ran_on": result.node_name, "scheduled_by": result.scheduled_by},
     )
     if result.node_name != node or result.scheduled_by is None:
-        fail(
-            Diagnosis(
-                "sharing",
-                f"the pod requesting {resource} ran on {result.node_name!r} "
-                f"(scheduled by {result.scheduled_by})",
-                "the pod was not placed by the scheduler on the node advertising the slice",
-                "do not set nodeName; check the node's allocatable MIG resources",
-                "mig-scheduling",
-            )
-        )
+        fail(diagnose_mig_scheduling(resource, result.node_name, result.scheduled_by))
 
 
-def test_mig_memory_matches_profile(request, mig_run):
+def test_mig_memory_matches_profile(record_scenario, mig_run):
     _node, resource, profile, result, doc = mig_run
     if profile is None:
         pytest.skip(f"mig: {resource} does not name a profile this suite can parse (<N>g.<M>gb)")
     if is_replayed(doc, result.name):
         pytest.skip(
             f"mig: the probe document of {result.name} was not measured by that pod (identity.pod_name="
-            f"{(doc.get('identity') or {}).get('pod_name')!r}): a replayed recording; there is no real MIG "
+            f"{doc.identity.get('pod_name')!r}): a replayed recording; there is no real MIG "
             "recording because MIG cannot be enabled on the H100 host at hand"
         )
-    devices = ((doc["layers"].get("torch_cuda") or {}).get("metrics") or {}).get("devices") or []
+    devices = doc.layer("torch_cuda").metric("devices", [])
     seen = float(devices[0].get("total_memory_mib") or 0) if devices else 0.0
     ok, ratio = mig_memory_ok(profile, seen)
-    record(
-        request,
+    record_scenario(
         "mig.memory",
         {"resource": resource, "seen_mib": seen, "profile_gb": profile.memory_gb, "ratio": ratio},
     )

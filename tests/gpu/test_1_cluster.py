@@ -2,8 +2,8 @@
 
 import pytest
 
-from fixtures.checks import fail
-from fixtures.diagnosis import Diagnosis, diagnose_no_gpu_nodes, diagnose_unreachable
+from k8s_gpu_acceptance.checks import fail
+from k8s_gpu_acceptance.diagnosis import diagnose_no_gpu_nodes, diagnose_no_ready_nodes, diagnose_unreachable
 
 pytestmark = [pytest.mark.gpu, pytest.mark.cluster]
 
@@ -24,15 +24,7 @@ def test_cluster_reachable_and_gpu_nodes_advertise_gpus(cluster_facts, layer_evi
         for n in cluster_facts.nodes
     )
     if not ready:
-        fail(
-            Diagnosis(
-                "cluster",
-                f"{len(cluster_facts.nodes)} node(s), none Ready",
-                "no node can run pods",
-                "kubectl describe nodes: check the kubelet and the CNI",
-                "no-ready-nodes",
-            )
-        )
+        fail(diagnose_no_ready_nodes(len(cluster_facts.nodes)))
     advertising = [n for n in cluster_facts.nodes if n.gpu_capacity > 0]
     if not advertising:
         fail(diagnose_no_gpu_nodes(len(cluster_facts.nodes), len(ready)))

@@ -2,8 +2,8 @@
 
 import pytest
 
-from fixtures.checks import fail
-from fixtures.diagnosis import diagnose_device_plugin
+from k8s_gpu_acceptance.checks import fail
+from k8s_gpu_acceptance.diagnosis import diagnose_device_plugin
 
 pytestmark = [pytest.mark.gpu, pytest.mark.device_plugin]
 

@@ -2,8 +2,13 @@
 
 import pytest
 
-from fixtures.checks import fail
-from fixtures.diagnosis import Diagnosis, diagnose_scheduling_failure, untolerated_taints
+from k8s_gpu_acceptance.checks import fail
+from k8s_gpu_acceptance.diagnosis import (
+    diagnose_bypassed_scheduler,
+    diagnose_not_a_gpu_node,
+    diagnose_scheduling_failure,
+    untolerated_taints,
+)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.scheduling]
 
@@ -25,27 +30,9 @@ def test_probe_pod_scheduled_onto_gpu_node_and_ran(probe_pod, cluster_facts, gpu
     nodes = {n.name: n for n in cluster_facts.nodes}
     node = nodes.get(probe_pod.node_name or "")
     if node is None or node.gpu_allocatable < gpu_settings.gpus:
-        fail(
-            Diagnosis(
-                "scheduling",
-                f"the probe pod ran on {probe_pod.node_name!r}, which does not have "
-                f"{gpu_settings.gpus} allocatable nvidia.com/gpu",
-                "the pod was placed without the scheduler's GPU accounting (nodeName set, or a custom "
-                "scheduler)",
-                "let the default scheduler place GPU pods",
-                "not-a-gpu-node",
-            )
-        )
+        fail(diagnose_not_a_gpu_node(probe_pod.node_name, gpu_settings.gpus))
     if probe_pod.scheduled_by is None:
-        fail(
-            Diagnosis(
-                "scheduling",
-                f"no Scheduled event for the probe pod on {probe_pod.node_name}",
-                "the pod bypassed the scheduler",
-                "do not set nodeName on GPU pods",
-                "bypassed-scheduler",
-            )
-        )
+        fail(diagnose_bypassed_scheduler(probe_pod.node_name))
     if failure is not None:
         fail(_why_the_pod_did_not_run(failure, gpu_settings, cluster_facts))
 

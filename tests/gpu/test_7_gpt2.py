@@ -2,16 +2,14 @@
 
 import pytest
 
-from fixtures.checks import fail, passed_probe_layer
-from fixtures.diagnosis import diagnose_cpu_fallback, diagnose_threshold
+from k8s_gpu_acceptance.checks import fail, passed_probe_layer
+from k8s_gpu_acceptance.diagnosis import diagnose_cpu_fallback, diagnose_threshold
 
 pytestmark = [pytest.mark.gpu, pytest.mark.gpt2]
 
 
-def test_gpt2_generates_on_gpu_within_latency_budget(probe_run, gpu_settings, run_state, layer_evidence):
-    layer = passed_probe_layer(probe_run, "gpt2", gpu_settings, run_state.target, layer_evidence)
-    m = layer["metrics"]
-    run_state.environment["model"] = m.get("model")
+def test_gpt2_generates_on_gpu_within_latency_budget(probe_run, gpu_settings, run_state):
+    m = passed_probe_layer(probe_run, "gpt2", gpu_settings, run_state.target).metrics
     if m.get("cpu_fallback") or not str(m.get("device", "")).startswith("cuda"):
         fail(diagnose_cpu_fallback(str(m.get("device")), str(m.get("model"))))
     checks = [

@@ -4,15 +4,14 @@ import warnings
 
 import pytest
 
-from fixtures.checks import fail, passed_probe_layer
-from fixtures.diagnosis import diagnose_threshold
+from k8s_gpu_acceptance.checks import fail, passed_probe_layer
+from k8s_gpu_acceptance.diagnosis import diagnose_threshold
 
 pytestmark = [pytest.mark.gpu, pytest.mark.gpu_perf]
 
 
-def test_gpu_throughput_and_bandwidth_near_spec(probe_run, gpu_settings, run_state, layer_evidence):
-    layer = passed_probe_layer(probe_run, "gpu_perf", gpu_settings, run_state.target, layer_evidence)
-    m = layer["metrics"]
+def test_gpu_throughput_and_bandwidth_near_spec(probe_run, gpu_settings, run_state):
+    m = passed_probe_layer(probe_run, "gpu_perf", gpu_settings, run_state.target).metrics
     assert float(m["bf16_tflops"]) > 0 and float(m["memory_bandwidth_gbps"]) > 0, "no throughput measured"
     if m.get("tflops_ratio") is None or m.get("bandwidth_ratio") is None:
         warnings.warn(

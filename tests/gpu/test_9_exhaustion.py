@@ -7,17 +7,14 @@ nodeName, which would bypass the scheduler's GPU accounting); all are deleted af
 
 import pytest
 
-from fixtures.checks import fail
-from fixtures.diagnosis import diagnose_exhaustion
-from fixtures.sharing import (
+from k8s_gpu_acceptance.checks import fail
+from k8s_gpu_acceptance.diagnosis import diagnose_exhaustion
+from k8s_gpu_acceptance.sharing import (
     MAX_EXHAUSTION_NODES,
     MAX_HOLDERS_PER_NODE,
     eligible_gpu_nodes,
     extra_verdict,
-    holder_pod,
     holder_verdict,
-    open_scenario,
-    record,
 )
 
 pytestmark = [pytest.mark.gpu, pytest.mark.exhaustion]
@@ -25,7 +22,7 @@ EXTRA_VERDICT_S = 30  # the scheduler answers in about a second; this is the "di
 
 
 def test_one_gpu_pod_more_than_the_node_has_stays_pending(
-    request, cluster_connection, cluster_facts, gpu_settings
+    request, open_scenario, record_scenario, cluster_facts, gpu_settings
 ):
     nodes = eligible_gpu_nodes(cluster_facts.nodes, gpu_settings)
     if not nodes:
@@ -35,8 +32,7 @@ def test_one_gpu_pod_more_than_the_node_has_stays_pending(
             f"{gpu_settings.node_selector}, tolerations {[t.to_k8s() for t in gpu_settings.tolerations]}); "
             f"GPU nodes: {gpu}"
         )
-    pods = open_scenario(request, cluster_connection, "exh")
-    pods.setup()
+    pods = open_scenario(request, "exh")
     hold_s = gpu_settings.pod_timeout + 2 * EXTRA_VERDICT_S
     report, problems = {}, []
     for index, node in enumerate(nodes[:MAX_EXHAUSTION_NODES]):
@@ -47,8 +43,8 @@ def test_one_gpu_pod_more_than_the_node_has_stays_pending(
             continue
         names = [pods.name(f"gpu-holder-{index}-{i}") for i in range(free)]
         for name in names:
-            pods.create(holder_pod(gpu_settings, pods.run_id, pods.namespace, name, "", node.name, hold_s))
-        held = pods.watch_until(names, holder_verdict, gpu_settings.pod_timeout) if names else {}
+            pods.create_pod(pods.holder_pod(name, node.name, hold_s))
+        held = pods.wait_pods(names, holder_verdict, gpu_settings.pod_timeout) if names else {}
         fit = sum(1 for _state, verdict in held.values() if verdict == "running")
         not_running = sorted({verdict for _state, verdict in held.values() if verdict != "running"})
         entry = {"allocatable": node.gpu_allocatable, "held_by_others": used, "holders": free, "fit": fit}
@@ -56,16 +52,14 @@ def test_one_gpu_pod_more_than_the_node_has_stays_pending(
             extra = "; ".join(not_running)
         else:
             extra_name = pods.name(f"gpu-extra-{index}")
-            pods.create(
-                holder_pod(gpu_settings, pods.run_id, pods.namespace, extra_name, "", node.name, hold_s)
-            )
-            extra = pods.watch_until([extra_name], extra_verdict, EXTRA_VERDICT_S)[extra_name][1]
+            pods.create_pod(pods.holder_pod(extra_name, node.name, hold_s))
+            extra = pods.wait_pods([extra_name], extra_verdict, EXTRA_VERDICT_S)[extra_name][1]
         entry["extra_pod"] = extra
         report[node.name] = entry
         diagnosis = diagnose_exhaustion(node.name, node.gpu_allocatable, used, fit, free, extra)
         if diagnosis is not None:
             problems.append(diagnosis)
-    record(request, "exhaustion", {"gpu_pods_fit_per_node": report})
+    record_scenario("exhaustion", {"gpu_pods_fit_per_node": report})
     summary = ", ".join(
         f"{name}: {e.get('fit', '-')} GPU pod(s) fit of allocatable {e['allocatable']}"
         for name, e in report.items()

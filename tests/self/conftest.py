@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config
+from suiterun import DEFAULT_MARKERS, SuiteRun, assert_nothing_left, suite_command
 
 from testbed import lifecycle
 from testbed.cluster import wait_for
@@ -91,3 +95,39 @@ def testbed_namespace(request: pytest.FixtureRequest, testbed_api: client.ApiCli
         yield name
     finally:
         core.delete_namespace(name)
+
+
+@pytest.fixture
+def run_suite(
+    testbed: lifecycle.Testbed, tmp_path: Path, leftovers: Callable[..., list[str]]
+) -> Iterator[Callable[..., SuiteRun]]:
+    """Run the suite against the testbed; afterwards prove the run left nothing behind."""
+    runs: list[SuiteRun] = []
+
+    def run(
+        *args: str,
+        kubeconfig: Path | None = None,
+        env: dict[str, str] | None = None,
+        markers: str = DEFAULT_MARKERS,
+        run_id: str | None = None,
+    ) -> SuiteRun:
+        run_id = run_id or f"selftest-{uuid.uuid4().hex[:8]}"
+        report_dir = tmp_path / f"reports-{len(runs)}"
+        environ = {**os.environ, **testbed.env, "GPU_ACCEPTANCE_RUN_ID": run_id, **(env or {})}
+        # relative to the run's cwd, as users pass it (the default is the relative "reports")
+        relative = report_dir.relative_to(tmp_path)
+        command = suite_command(
+            relative, f"--kubeconfig={kubeconfig or testbed.kubeconfig}", *args, markers=markers
+        )
+        started = time.monotonic()
+        result = subprocess.run(
+            command, capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=300, check=False
+        )
+        output = result.stdout + result.stderr
+        suite_run = SuiteRun(result.returncode, output, run_id, report_dir, time.monotonic() - started)
+        runs.append(suite_run)
+        return suite_run
+
+    yield run
+    for suite_run in runs:
+        assert_nothing_left(leftovers, suite_run.run_id)

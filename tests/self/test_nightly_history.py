@@ -25,8 +25,8 @@ import test_suite_on_testbed
 from gpu_probe.document import parse_document
 from test_suite_on_testbed import RECORDING, SuiteRun
 
-from fixtures.history import key_figures
-from fixtures.nightly import REGRESSION_EXIT
+from k8s_gpu_acceptance.history import key_figures
+from k8s_gpu_acceptance.nightly import REGRESSION_EXIT
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 PREFIX = "nightly"
@@ -161,7 +161,7 @@ def test_concurrent_writers_on_minio_lose_no_run(s3: Any, bucket: str) -> None:
     import datetime as dt
     import threading
 
-    from fixtures.history import History, RunRecord, S3Store
+    from k8s_gpu_acceptance.history import History, RunRecord, S3Store
 
     s3.create_bucket(Bucket=bucket)
     store = S3Store(s3, bucket, PREFIX)

@@ -13,8 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
-from fixtures.s3 import upload_reports
-from fixtures.settings import Settings
+from k8s_gpu_acceptance.s3 import upload_reports
+from k8s_gpu_acceptance.settings import Settings
 
 WHEN = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.timezone.utc)
 S3_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
@@ -82,7 +82,7 @@ def snapshot(files: list[Path]) -> list[tuple[str, bytes, int]]:
 def test_upload_creates_the_bucket_and_the_keys_and_moves_latest(s3_env, bucket, reports):
     settings = Settings(s3_endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"], s3_bucket=bucket, s3_prefix="nightly")
     before = snapshot(reports)
-    first = upload_reports(reports[0].parent, reports, settings, "run-a", WHEN)
+    first = upload_reports(reports[0].parent, reports, settings, "run-a", WHEN, outcome="passed")
     assert first.ok, first.error
     assert first.created_bucket
     assert first.keys == (
@@ -101,7 +101,9 @@ def test_upload_creates_the_bucket_and_the_keys_and_moves_latest(s3_env, bucket,
     assert latest["run_id"] == "run-a" and latest["outcome"] == "passed" and latest["date"] == "2026-11-22"
     assert latest["keys"]["report.json"] == "nightly/2026-11-22/run-a/report.json"
 
-    second = upload_reports(reports[0].parent, reports, settings, "run-b", WHEN + dt.timedelta(days=1))
+    second = upload_reports(
+        reports[0].parent, reports, settings, "run-b", WHEN + dt.timedelta(days=1), outcome="passed"
+    )
     assert second.ok, second.error
     assert not second.created_bucket  # exists now
     latest = json.loads(client.get_object(Bucket=bucket, Key="nightly/latest.json")["Body"].read())
@@ -118,13 +120,13 @@ def test_wrong_credentials_give_a_clear_line_without_the_secret(s3_env, bucket, 
     wrong_secret = "Wrong/Secret+Key/" + uuid.uuid4().hex
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong_secret)
     settings = Settings(s3_endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"], s3_bucket=bucket)
-    result = upload_reports(reports[0].parent, reports, settings, "run-a", WHEN)
+    result = upload_reports(reports[0].parent, reports, settings, "run-a", WHEN, outcome="passed")
     assert not result.ok
     assert "wrong S3 credentials" in result.error and "AWS_SECRET_ACCESS_KEY" in result.error
     assert wrong_secret not in result.error and s3_env["AWS_SECRET_ACCESS_KEY"] not in result.error
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "NOSUCHKEY" + uuid.uuid4().hex[:8].upper())
-    result = upload_reports(reports[0].parent, reports, settings, "run-a", WHEN)
+    result = upload_reports(reports[0].parent, reports, settings, "run-a", WHEN, outcome="passed")
     assert not result.ok and "InvalidAccessKeyId" in result.error and "AWS_ACCESS_KEY_ID" in result.error
     assert wrong_secret not in result.error
     assert bucket not in [b["Name"] for b in admin_client(s3_env).list_buckets()["Buckets"]]
@@ -134,7 +136,7 @@ def test_wrong_endpoint_fails_fast_and_leaves_the_files(s3_env, bucket, reports)
     before = snapshot(reports)
     started = time.monotonic()
     settings = Settings(s3_endpoint_url="http://127.0.0.1:9", s3_bucket=bucket)
-    result = upload_reports(reports[0].parent, reports, settings, "run-a", WHEN)
+    result = upload_reports(reports[0].parent, reports, settings, "run-a", WHEN, outcome="passed")
     elapsed = time.monotonic() - started
     assert not result.ok and result.error.startswith("cannot connect to S3 endpoint http://127.0.0.1:9")
     assert s3_env["AWS_SECRET_ACCESS_KEY"] not in result.error

@@ -7,90 +7,17 @@ afterwards nothing carrying that id may be left on the cluster.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import boto3
-import pytest
+from suiterun import assert_nothing_left, suite_command
 
-REPO = Path(__file__).resolve().parents[2]
 RECORDING = "testbed.k8s-gpu-acceptance.io/recording"
 SECRET_MARKER = "do-not-leak"
-
-
-class SuiteRun:
-    """One subprocess run of `pytest -m gpu` with its own run id and report dir."""
-
-    def __init__(
-        self, result: subprocess.CompletedProcess[str], run_id: str, report_dir: Path, wall_s: float
-    ):
-        self.ret = result.returncode
-        self.output = result.stdout + result.stderr
-        self.run_id = run_id
-        self.report_dir = report_dir
-        self.wall_s = wall_s
-
-    @property
-    def report(self) -> dict:
-        return json.loads((self.report_dir / "report.json").read_text())
-
-    def layer(self, name: str) -> dict:
-        return next(entry for entry in self.report["layers"] if entry["name"] == name)
-
-
-def suite_command(report_dir: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        f"--rootdir={REPO}",
-        "-c",
-        str(REPO / "pytest.ini"),
-        str(REPO / "tests" / "gpu"),
-        "-m",
-        "gpu and not sharing and not isolation and not exhaustion",
-        f"--report-dir={report_dir}",
-        "--pod-timeout=60",
-        *args,
-    ]
-
-
-@pytest.fixture
-def run_suite(testbed, tmp_path, leftovers):
-    """Run the suite against the testbed; afterwards prove the run left nothing behind."""
-    runs: list[SuiteRun] = []
-
-    def run(*args: str, kubeconfig: Path | None = None, env: dict[str, str] | None = None) -> SuiteRun:
-        run_id = f"selftest-{uuid.uuid4().hex[:8]}"
-        report_dir = tmp_path / f"reports-{len(runs)}"
-        environ = {**os.environ, **testbed.env, "GPU_ACCEPTANCE_RUN_ID": run_id, **(env or {})}
-        # relative to the run's cwd, as users pass it (the default is the relative "reports")
-        relative = report_dir.relative_to(tmp_path)
-        command = suite_command(relative, f"--kubeconfig={kubeconfig or testbed.kubeconfig}", *args)
-        started = time.monotonic()
-        result = subprocess.run(
-            command, capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=300, check=False
-        )
-        suite_run = SuiteRun(result, run_id, report_dir, time.monotonic() - started)
-        runs.append(suite_run)
-        return suite_run
-
-    yield run
-    for suite_run in runs:
-        assert_nothing_left(leftovers, suite_run.run_id)
-
-
-def assert_nothing_left(leftovers, run_id: str) -> None:
-    left = leftovers(f"k8s-gpu-acceptance/run-id={run_id}")
-    assert not left, f"run {run_id} left objects behind: {left}"
 
 
 def test_h100_recording_passes_every_layer_and_reports_reach_minio(run_suite, testbed):

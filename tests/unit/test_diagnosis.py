@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fixtures.diagnosis import (
+from k8s_gpu_acceptance.diagnosis import (
     diagnose_device_plugin,
     diagnose_gpu_count,
     diagnose_probe_layer,
+    diagnose_probe_output,
     diagnose_scheduling_failure,
     untolerated_taints,
 )
+from k8s_gpu_acceptance.document import ProbeLayer
 
 # Scheduler messages as kube-scheduler 1.36 writes them (seen on the testbed's real scheduler).
 INSUFFICIENT = (
@@ -73,11 +75,14 @@ def test_device_plugin_rules():
 
 
 def test_no_devices_in_pod_without_runtime_class_points_at_runtime_class():
-    layer = {
-        "status": "fail",
-        "error": "no /dev/nvidia* device nodes; NVML: libnvidia-ml.so.1 not found",
-        "diagnosis": None,
-    }
+    layer = ProbeLayer.of(
+        "driver",
+        {
+            "status": "fail",
+            "error": "no /dev/nvidia* device nodes; NVML: libnvidia-ml.so.1 not found",
+            "diagnosis": None,
+        },
+    )
     d = diagnose_probe_layer(
         "driver", layer, target="k8s", runtime_class=None, env={"NVIDIA_VISIBLE_DEVICES": "GPU-1"}
     )
@@ -138,3 +143,49 @@ def test_taints_the_scheduler_did_not_name_are_found_on_the_nodes():
     ]
     d = _sched("unschedulable", message, node_taints=found)
     assert "--toleration nvidia.com/gpu=true:NoSchedule" in d.fix
+
+
+# Messages as the testbed's real node (kubelet 1.36.1, containerd 2.4.2) writes them.
+REAL_NO_HANDLER = (
+    "Failed to create pod sandbox: rpc error: code = Unknown desc = unable to get OCI runtime for sandbox "
+    '"68b5e7580a61": no runtime for "nvidia" is configured'
+)
+REAL_NO_IMAGE = (
+    'failed to pull and unpack image "k8s-gpu-acceptance.local/not-imported:0": failed to resolve image: '
+    'failed to do request: Head "https://k8s-gpu-acceptance.local/v2/not-imported/manifests/0": dial tcp: '
+    "lookup k8s-gpu-acceptance.local on 10.255.255.53:53: no such host"
+)
+
+
+def test_real_missing_runtime_handler_message_is_named():
+    d = diagnose_scheduling_failure(
+        "sandbox",
+        "FailedCreatePodSandBox",
+        REAL_NO_HANDLER,
+        gpus=1,
+        selector={},
+        runtime_class="nvidia",
+        image="i",
+    )
+    assert d.rule == "runtime-handler-missing" and "'nvidia'" in d.cause
+
+
+def test_real_image_pull_message_is_named():
+    d = diagnose_scheduling_failure(
+        "image", "ErrImagePull", REAL_NO_IMAGE, gpus=1, selector={}, runtime_class=None, image="x"
+    )
+    assert d.rule == "image-pull" and "no such host" in d.seen
+
+
+def test_kubelet_deadline_is_its_own_rule():
+    message = "Pod was active on the node longer than the specified deadline"
+    d = diagnose_scheduling_failure(
+        "deadline", "DeadlineExceeded", message, gpus=1, selector={}, runtime_class=None, image="x"
+    )
+    assert d.rule == "deadline-exceeded" and message in d.seen and "--pod-timeout" in d.fix
+
+
+def test_oom_killed_probe_is_named():
+    d = diagnose_probe_output("the probe container was OOMKilled (exit code 137): no output")
+    assert d.rule == "probe-oom-killed" and "memory limit" in d.cause
+    assert diagnose_probe_output("garbled").rule == "probe-output"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gpu_probe.document import parse_document
 
-from fixtures.history import (
+from k8s_gpu_acceptance.history import (
     DirStore,
     History,
     RunRecord,
@@ -19,7 +19,7 @@ from fixtures.history import (
     run_key,
     series_id,
 )
-from fixtures.regression import Policy
+from k8s_gpu_acceptance.regression import Policy
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 KEY = {

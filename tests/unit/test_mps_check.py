@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import mps_check
-from fixtures.diagnosis import diagnose_mps_memory_limit
-from fixtures.mps_check import parse_mem_limit, parse_percentage, run_check
-from fixtures.settings import Settings
-from fixtures.sharing import (
+from k8s_gpu_acceptance import mps_check
+from k8s_gpu_acceptance.diagnosis import diagnose_mps_memory_limit
+from k8s_gpu_acceptance.mps_check import parse_mem_limit, parse_percentage, run_check
+from k8s_gpu_acceptance.settings import Settings
+from k8s_gpu_acceptance.sharing import (
     MPS_CHECK,
     MPS_FIELDS,
     MPS_LIMIT,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from gpu_probe.document import parse_document
 
-from fixtures.history import KEY_FIELDS
-from fixtures.nightly import (
+from k8s_gpu_acceptance.history import KEY_FIELDS
+from k8s_gpu_acceptance.nightly import (
     DEFAULT_GATING,
     NightlyConfig,
     append,
@@ -20,7 +20,7 @@ from fixtures.nightly import (
     parse_match,
     parse_names,
 )
-from fixtures.regression import Policy
+from k8s_gpu_acceptance.regression import Policy
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 ENVIRONMENT = {
@@ -114,7 +114,7 @@ def test_parse_names_and_match() -> None:
 
 def values(**overrides: Any) -> dict[str, Any]:
     """Option values as settings.load_settings hands them over (the defaults of the option table)."""
-    from fixtures.settings import SPECS
+    from k8s_gpu_acceptance.settings import SPECS
 
     return {name: spec.default for name, spec in SPECS.items()} | overrides
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from fixtures.pod import build_probe_pod, classify_pod, probe_configmap_data, probe_configmap_items
-from fixtures.settings import Settings, Toleration
+from k8s_gpu_acceptance.pods import (
+    PodRun,
+    build_probe_pod,
+    classify_pod,
+    probe_configmap_data,
+    probe_configmap_items,
+)
+from k8s_gpu_acceptance.probe import probe_from_pod
+from k8s_gpu_acceptance.settings import Settings, Toleration
 
 
 def _pod(settings: Settings) -> dict:
@@ -107,3 +114,23 @@ def test_progress_then_done():
     assert classify_pod(running).progress == "Running on n1"
     assert classify_pod(_status(phase="Succeeded", node="n1")).state == "done"
     assert classify_pod(_status(phase="Failed", node="n1")).state == "done"
+
+
+def test_deadline_exceeded_by_the_kubelet_fails_with_its_message():
+    # As the real kubelet 1.36 leaves a pod past its activeDeadlineSeconds (seen on the testbed's real node).
+    message = "Pod was active on the node longer than the specified deadline"
+    pod = _status(phase="Failed", node="n1", reason="DeadlineExceeded", message=message)
+    verdict = classify_pod(pod)
+    assert verdict.state == "fail" and verdict.failure is not None
+    assert (verdict.failure.kind, verdict.failure.reason, verdict.failure.message) == (
+        "deadline",
+        "DeadlineExceeded",
+        message,
+    )
+
+
+def test_oom_killed_probe_container_is_named_in_the_error():
+    pod = PodRun("ns", "p", node_name="n1", phase="Failed", log="", exit_code=137, termination="OOMKilled")
+    run = probe_from_pod(pod)
+    assert run.document is None and run.error is not None
+    assert run.error.startswith("the probe container was OOMKilled (exit code 137)")

@@ -127,11 +127,20 @@ def test_minor_schema_version_is_accepted() -> None:
     assert parse_document(json.dumps(doc))["schema_version"] == "1.7"
 
 
+def test_a_missing_layer_is_not_a_broken_document() -> None:
+    """A probe from before a layer was added: the document parses; the reader calls the layer not measured."""
+    doc = copy.deepcopy(minimal_document())
+    doc["layers"].pop("gpt2")
+    assert document_problems(doc) == []
+    assert "gpt2" not in parse_document(json.dumps(doc))["layers"]
+    doc["layers"]["driver"].pop("evidence")
+    assert document_problems(doc) == ["layer 'driver': missing key 'evidence'"]
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
         (lambda d: d.pop("layers"), "missing top-level key 'layers'"),
-        (lambda d: d["layers"].pop("gpt2"), "layer 'gpt2' is missing"),
         (lambda d: d["layers"]["driver"].update(status="ok"), "status 'ok' is not one of"),
         (lambda d: d["layers"]["driver"].update(duration_s="1"), "duration_s is not a number"),
         (lambda d: d["layers"]["driver"].update(diagnosis={"cause": "x"}), "diagnosis is neither null"),

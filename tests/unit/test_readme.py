@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from fixtures.settings import options_markdown
+from k8s_gpu_acceptance.settings import options_markdown
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -11,7 +11,7 @@ def test_readme_options_table_matches_the_code():
     text = README.read_text()
     start = text.index("<!-- options-table")
     body = text[text.index("\n", start) + 1 : text.index("<!-- /options-table -->")].strip()
-    assert body == options_markdown(), "regenerate with: python -m fixtures.settings"
+    assert body == options_markdown(), "regenerate with: python -m k8s_gpu_acceptance.settings"
 
 
 def test_readme_names_the_two_quick_start_commands():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.regression import MAD_TO_SIGMA, Policy, baseline, judge
+from k8s_gpu_acceptance.regression import MAD_TO_SIGMA, Policy, baseline, judge
 
 POLICY = Policy(window=10, min_runs=2, band_mads=3.0, min_change=0.10, consecutive=1)
 

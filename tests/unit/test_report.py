@@ -16,10 +16,14 @@ from pathlib import Path
 import pytest
 from gpu_probe.document import parse_document
 
-from fixtures.diagnosis import Diagnosis
-from fixtures.html_plot import latency_svg, nice_ticks, percentile
-from fixtures.layers import LAYER_NAMES
-from fixtures.report import (
+from k8s_gpu_acceptance.cluster import ClusterFacts, DevicePluginFacts
+from k8s_gpu_acceptance.diagnosis import Diagnosis
+from k8s_gpu_acceptance.document import ProbeDocument
+from k8s_gpu_acceptance.html_plot import latency_svg, nice_ticks, percentile
+from k8s_gpu_acceptance.layers import LAYER_NAMES
+from k8s_gpu_acceptance.pods import PodRun
+from k8s_gpu_acceptance.probe import ProbeRun
+from k8s_gpu_acceptance.report import (
     REDACTED,
     SCHEMA,
     SCHEMA_VERSION,
@@ -32,8 +36,8 @@ from fixtures.report import (
     redact,
     write_json_report,
 )
-from fixtures.settings import Settings
-from fixtures.state import LayerOutcome, RunState
+from k8s_gpu_acceptance.settings import Settings
+from k8s_gpu_acceptance.state import LayerOutcome, RunState
 
 REPO = Path(__file__).resolve().parents[2]
 H100_LOG = REPO / "tests" / "data" / "recordings" / "h100.log"
@@ -67,30 +71,24 @@ LATENCIES = probe_document()["layers"]["gpt2"]["metrics"]["token_latencies_ms"]
 
 def make_state(**layers: LayerOutcome) -> RunState:
     started = dt.datetime(2026, 11, 22, 10, 0, 0, tzinfo=dt.timezone.utc)
+    pod = PodRun("gpu-acc-1", "gpu-probe-x1", node_name="gpu-node-1", image="registry/probe:1")
     state = RunState(
         run_id="20261122-100000-a1b2c3",
         target="k8s",
         started_at=started,
         finished_at=started + dt.timedelta(seconds=42.5),
-        probe_document=probe_document(),
-    )
-    state.environment.update(
-        cluster_version="v1.31.2",
-        node="gpu-node-1",
-        probe_image="registry/probe:1",
-        device_plugin_image="nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
+        cluster=ClusterFacts("https://10.0.0.1:6443", "kubeconfig k, context c", True, None, "v1.31.2"),
+        device_plugin=DevicePluginFacts(daemonsets=[{"image": "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"}]),
+        probe=ProbeRun(
+            "k8s", ProbeDocument(probe_document()), "", None, "pod gpu-acc-1/gpu-probe-x1", 9.0, pod
+        ),
     )
     state.layers.update(layers)
     return state
 
 
 def passing_state() -> RunState:
-    doc = probe_document()
-    outcomes = {
-        name: LayerOutcome(name, "passed", 0.5, metrics=dict(doc["layers"].get(name, {}).get("metrics", {})))
-        for name in LAYER_NAMES
-    }
-    return make_state(**outcomes)
+    return make_state(**{name: LayerOutcome(name, "passed", 0.5) for name in LAYER_NAMES})
 
 
 DRIVER_DIAGNOSIS = Diagnosis(
@@ -162,8 +160,8 @@ def test_environment_summary_derives_the_fingerprint_from_the_probe_and_the_clus
 
 def test_environment_summary_counts_identical_gpus_and_says_unknown_without_facts():
     state = passing_state()
-    gpus = state.probe_document["layers"]["driver"]["metrics"]["gpus"]
-    state.probe_document["layers"]["driver"]["metrics"]["gpus"] = gpus * 8
+    gpus = state.probe_document.data["layers"]["driver"]["metrics"]["gpus"]
+    state.probe_document.data["layers"]["driver"]["metrics"]["gpus"] = gpus * 8
     assert environment_summary(state)["gpu_model"] == "8 x NVIDIA H100 80GB HBM3"
     bare = RunState(run_id="r", target="local", started_at=dt.datetime.now(dt.timezone.utc))
     assert set(environment_summary(bare).values()) == {"unknown"}
@@ -256,17 +254,17 @@ def test_redact_masks_kubernetes_env_entries_and_bearer_tokens():
 def test_nan_and_datetimes_become_plain_json():
     state = passing_state()
     state.layers["gpu_perf"].metrics["bandwidth_ratio"] = float("nan")
-    state.environment["seen_at"] = dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc)
+    state.scenarios["seen"] = {"at": dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc)}
     report = build_json_report(state, Settings())
     gpu_perf = next(e for e in report["layers"] if e["name"] == "gpu_perf")
     assert gpu_perf["metrics"]["bandwidth_ratio"] is None
-    assert report["environment_details"]["seen_at"] == "2026-11-22T00:00:00+00:00"
+    assert report["environment_details"]["sharing"]["seen"]["at"] == "2026-11-22T00:00:00+00:00"
 
 
 def test_write_json_report_is_atomic_utf8_and_replaces(tmp_path):
     path = tmp_path / "reports" / "report.json"
     state = failing_state()
-    state.environment["node"] = "gpu-nöde-1"
+    state.probe.pod.node_name = "gpu-nöde-1"
     assert write_json_report(state, Settings(), path) == path
     first = json.loads(path.read_text(encoding="utf-8"))
     assert first["environment"]["node"] == "gpu-nöde-1"
@@ -401,8 +399,8 @@ CONFTEST = textwrap.dedent("""
 
     import pytest
 
-    from fixtures.report import configure_report_paths
-    from fixtures.settings import Settings
+    from k8s_gpu_acceptance.report import configure_report_paths
+    from k8s_gpu_acceptance.settings import Settings
 
     pytest_plugins = ["finishplugin"]
 
@@ -422,7 +420,7 @@ CONFTEST = textwrap.dedent("""
         return {"htmlpath": opt.htmlpath, "xmlpath": opt.xmlpath, "self_contained": opt.self_contained_html,
                 "html_exists": Path(opt.htmlpath).is_file(), "xml_exists": Path(opt.xmlpath).is_file()}
 """)
-# Loaded through pytest_plugins, as fixtures/plugin.py is by the suite's conftest.
+# Loaded through pytest_plugins, as k8s_gpu_acceptance/plugin.py is by the suite's conftest.
 FINISH_PLUGIN = textwrap.dedent("""
     import json
     from pathlib import Path
@@ -449,7 +447,17 @@ def run_pytest(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (where / "test_x.py").write_text("def test_ok():\n    assert True\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(where), str(REPO)))}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:fixtures.plugin", "-q", *args],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:k8s_gpu_acceptance.plugin",
+            "-q",
+            *args,
+        ],
         cwd=where,
         env=env,
         capture_output=True,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import xml.etree.ElementTree as ET
 
-from fixtures.history import FIGURES_BY_NAME, RunRecord, assess
-from fixtures.regression import Policy
-from fixtures.review import (
+from k8s_gpu_acceptance.history import FIGURES_BY_NAME, RunRecord, assess
+from k8s_gpu_acceptance.regression import Policy
+from k8s_gpu_acceptance.review import (
     history_note,
     key_figures_table,
     metadata_html,

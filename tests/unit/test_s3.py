@@ -12,8 +12,8 @@ import pytest
 from botocore import exceptions as bexc
 from botocore.stub import ANY, Stubber
 
-from fixtures import s3
-from fixtures.s3 import (
+from k8s_gpu_acceptance import s3
+from k8s_gpu_acceptance.s3 import (
     content_type,
     describe_error,
     ensure_bucket,
@@ -22,7 +22,7 @@ from fixtures.s3 import (
     run_prefix,
     upload_reports,
 )
-from fixtures.settings import Settings
+from k8s_gpu_acceptance.settings import Settings
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYPLANTEDKEY"
 KEY_ID = "AKIAPLANTEDKEYID0002"
@@ -139,7 +139,7 @@ def test_error_lines_never_carry_credentials():
 
 
 def test_no_bucket_means_no_upload(reports):
-    result = upload_reports(reports[0].parent, reports, Settings(), "r1", WHEN)
+    result = upload_reports(reports[0].parent, reports, Settings(), "r1", WHEN, outcome="failed")
     assert not result.ok and "no bucket set (--s3-bucket" in result.error
 
 
@@ -179,7 +179,21 @@ def test_ensure_bucket_sends_the_location_constraint_outside_us_east_1(monkeypat
         assert ensure_bucket(client, "reports") is True
 
 
+class LatestSays:
+    """Matches a latest.json body whose outcome is the one given (compared by the Stubber)."""
+
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+
+    def __eq__(self, body: object) -> bool:
+        return isinstance(body, bytes) and json.loads(body)["outcome"] == self.outcome
+
+    def __repr__(self) -> str:
+        return f"<latest.json body with outcome {self.outcome!r}>"
+
+
 def test_upload_puts_each_file_with_its_content_type_then_latest(monkeypatch, reports):
+    """latest.json carries the outcome the caller gives (report.json on disk says "failed": not read)."""
     stub = stubbed(monkeypatch)
     stub.add_response("head_bucket", {}, {"Bucket": "reports"})
     prefix = "k8s-gpu-acceptance/2026-11-23/run-1/"
@@ -197,14 +211,16 @@ def test_upload_puts_each_file_with_its_content_type_then_latest(monkeypatch, re
         {
             "Bucket": "reports",
             "Key": "k8s-gpu-acceptance/latest.json",
-            "Body": ANY,
+            "Body": LatestSays("passed"),
             "ContentType": "application/json",
             "CacheControl": "no-cache",
         },
     )
     settings = Settings(s3_endpoint_url=ENDPOINT, s3_bucket="reports")
     with stub:
-        result = upload_reports(reports[0].parent, [Path(p.name) for p in reports], settings, "run-1", WHEN)
+        result = upload_reports(
+            reports[0].parent, [Path(p.name) for p in reports], settings, "run-1", WHEN, outcome="passed"
+        )
     stub.assert_no_pending_responses()
     assert result.ok, result.error
     assert result.location == f"s3://reports/{prefix}"
@@ -230,7 +246,12 @@ def test_a_missing_file_is_reported_and_latest_is_not_moved(monkeypatch, reports
     settings = Settings(s3_endpoint_url=ENDPOINT, s3_bucket="reports")
     with stub:
         result = upload_reports(
-            reports[0].parent, [reports[0], reports[0].parent / "junit-missing.xml"], settings, "run-1", WHEN
+            reports[0].parent,
+            [reports[0], reports[0].parent / "junit-missing.xml"],
+            settings,
+            "run-1",
+            WHEN,
+            outcome="failed",
         )
     stub.assert_no_pending_responses()  # no latest.json put
     assert not result.ok and "junit-missing.xml" in result.error and result.latest_key is None
@@ -243,7 +264,12 @@ def test_access_denied_on_put_is_one_clear_line(monkeypatch, reports):
     stub.add_client_error("put_object", "AccessDenied", "Access Denied.", http_status_code=403)
     with stub:
         result = upload_reports(
-            reports[0].parent, reports, Settings(s3_endpoint_url=ENDPOINT, s3_bucket="reports"), "run-1", WHEN
+            reports[0].parent,
+            reports,
+            Settings(s3_endpoint_url=ENDPOINT, s3_bucket="reports"),
+            "run-1",
+            WHEN,
+            outcome="failed",
         )
     assert not result.ok
     assert "access denied for PutObject k8s-gpu-acceptance/2026-11-23/run-1/report.html" in result.error
@@ -259,7 +285,12 @@ def test_a_real_unreachable_endpoint_fails_fast_with_a_clear_line(reports):
     before = snapshot(reports)
     started = time.monotonic()
     result = upload_reports(
-        reports[0].parent, reports, Settings(s3_endpoint_url=ENDPOINT, s3_bucket="reports"), "run-1", WHEN
+        reports[0].parent,
+        reports,
+        Settings(s3_endpoint_url=ENDPOINT, s3_bucket="reports"),
+        "run-1",
+        WHEN,
+        outcome="failed",
     )
     elapsed = time.monotonic() - started
     assert not result.ok
@@ -277,7 +308,12 @@ def test_missing_credentials_are_named(monkeypatch, reports, tmp_path):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     result = upload_reports(
-        reports[0].parent, reports, Settings(s3_endpoint_url=ENDPOINT, s3_bucket="reports"), "run-1", WHEN
+        reports[0].parent,
+        reports,
+        Settings(s3_endpoint_url=ENDPOINT, s3_bucket="reports"),
+        "run-1",
+        WHEN,
+        outcome="failed",
     )
     assert not result.ok and result.error.startswith("no S3 credentials found")
 
@@ -285,6 +321,8 @@ def test_missing_credentials_are_named(monkeypatch, reports, tmp_path):
 def test_an_endpoint_from_aws_endpoint_url_s3_is_used_and_named(monkeypatch, reports):
     """Settings built without an endpoint: boto3 resolves AWS_ENDPOINT_URL_S3, and the error names it."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", ENDPOINT)
-    result = upload_reports(reports[0].parent, reports, Settings(s3_bucket="reports"), "run-1", WHEN)
+    result = upload_reports(
+        reports[0].parent, reports, Settings(s3_bucket="reports"), "run-1", WHEN, outcome="failed"
+    )
     assert not result.ok
     assert result.error.startswith("cannot connect to S3 endpoint http://127.0.0.1:9 (connection refused")

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from fixtures.settings import check_unknown_env, parse_key_value, parse_toleration
+from k8s_gpu_acceptance.settings import check_unknown_env, parse_key_value, parse_toleration
 
 pytest_plugins = ["pytester"]
 
@@ -53,7 +53,7 @@ def test_mistyped_env_var_is_refused_with_a_suggestion():
 @pytest.fixture
 def suite(pytester):
     """A throwaway project that loads the suite's plugin and prints the resolved settings."""
-    pytester.makeconftest('pytest_plugins = ["fixtures.plugin"]')
+    pytester.makeconftest('pytest_plugins = ["k8s_gpu_acceptance.plugin"]')
     pytester.makepyfile(
         test_show=textwrap.dedent("""
         def test_show(gpu_settings):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from gpu_probe.document import parse_document
 
-from fixtures.cluster import NodeFacts
-from fixtures.diagnosis import diagnose_exhaustion, diagnose_isolation_leak
-from fixtures.settings import Settings, Toleration
-from fixtures.sharing import (
+from k8s_gpu_acceptance.cluster import NodeFacts
+from k8s_gpu_acceptance.diagnosis import diagnose_exhaustion, diagnose_isolation_leak
+from k8s_gpu_acceptance.settings import Settings, Toleration
+from k8s_gpu_acceptance.sharing import (
     SCENARIO_ANNOTATION,
     START_AT_ENV,
     PodState,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from gpu_probe.document import parse_document
 
-from fixtures.nightly import NightlyConfig, append, build_record, evaluate
-from fixtures.review import key_figures_json
-from fixtures.summary import main, markdown_summary
+from k8s_gpu_acceptance.nightly import NightlyConfig, append, build_record, evaluate
+from k8s_gpu_acceptance.review import key_figures_json
+from k8s_gpu_acceptance.summary import main, markdown_summary
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 THRESHOLDS = {"max_token_latency_ms": 50.0, "min_tokens_per_s": 20.0, "min_tflops_ratio": 0.4}

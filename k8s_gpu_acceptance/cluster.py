@@ -1,0 +1,277 @@
+"""Connecting to the cluster and reading what the cluster-only layers assert on.
+
+Owns `Connection` and `connect` (kubeconfig / context / in-cluster, validated), the API error wording, and the
+facts the cluster layers read (`ClusterFacts`, `DevicePluginFacts`).
+
+Everything here uses the official kubernetes client. Connection problems that the user can fix before any
+test runs (a missing kubeconfig, an unknown context) become `pytest.UsageError` at start; an API server
+that does not answer is the `cluster` layer's failure, found within seconds thanks to short timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from k8s_gpu_acceptance.settings import Settings
+
+GPU_RESOURCE = "nvidia.com/gpu"
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+_SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def in_cluster() -> bool:
+    """True inside a pod with a service account (e.g. the nightly CronJob in manifests/)."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and _SA_TOKEN.is_file()
+
+
+def kubeconfig_path(settings: Settings) -> Path | None:
+    """The kubeconfig the client would read, if one exists."""
+    candidate = Path(settings.kubeconfig or "~/.kube/config").expanduser()
+    return candidate if candidate.is_file() else None
+
+
+def resolve_target(settings: Settings) -> str:
+    """auto means k8s when a kubeconfig or in-cluster config exists, else this host."""
+    if settings.target != "auto":
+        return settings.target
+    return "k8s" if kubeconfig_path(settings) or in_cluster() else "local"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """An API client and a human description of where it points (no credentials)."""
+
+    api: client.ApiClient
+    server: str
+    description: str
+
+
+def connect(settings: Settings) -> Connection:
+    """Build a client from --kubeconfig/--context or the in-cluster config; UsageError names the fix."""
+    path = kubeconfig_path(settings)
+    if path is None and settings.kubeconfig:
+        raise pytest.UsageError(
+            f"kubeconfig {settings.kubeconfig} does not exist (from "
+            f"{settings.sources.get('kubeconfig', '?')}); pass --kubeconfig PATH or "
+            "unset KUBECONFIG to use ~/.kube/config"
+        )
+    if path is None:
+        if not in_cluster():
+            raise pytest.UsageError(
+                "--target k8s: no kubeconfig (~/.kube/config, $KUBECONFIG, --kubeconfig) "
+                "and not running in a pod; pass --kubeconfig or use --target local"
+            )
+        if settings.context:
+            raise pytest.UsageError("--context needs a kubeconfig; in-cluster config has no contexts")
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        _harden(configuration)
+        return Connection(client.ApiClient(configuration), configuration.host, "in-cluster service account")
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=str(path))
+    except (ConfigException, OSError, ValueError) as exc:
+        raise pytest.UsageError(
+            f"kubeconfig {path} cannot be read: {_first_line(exc)}; fix the file or pass --kubeconfig PATH"
+        ) from None
+    except Exception as exc:  # a garbled YAML file raises yaml's own errors
+        raise pytest.UsageError(f"kubeconfig {path} is not valid YAML: {_first_line(exc)}") from None
+    names = [c["name"] for c in contexts or []]
+    if settings.context and settings.context not in names:
+        raise pytest.UsageError(
+            f"--context {settings.context!r} is not in {path}; available: {', '.join(names) or 'none'}"
+        )
+    if not settings.context and not active:
+        raise pytest.UsageError(
+            f"{path} has no current-context; pass --context (available: {', '.join(names) or 'none'})"
+        )
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(
+            config_file=str(path),
+            context=settings.context,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    except (ConfigException, OSError, ValueError) as exc:
+        raise pytest.UsageError(
+            f"kubeconfig {path}, context {settings.context or active['name']}: {_first_line(exc)}"
+        ) from None
+    _harden(configuration)
+    context = settings.context or active["name"]
+    return Connection(
+        client.ApiClient(configuration), configuration.host, f"kubeconfig {path}, context {context}"
+    )
+
+
+def _harden(configuration: client.Configuration) -> None:
+    """Few retries: an unreachable API server must fail in seconds, not minutes."""
+    configuration.retries = urllib3.util.Retry(total=1, connect=1, read=0, backoff_factor=0.2)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def describe_api_error(exc: BaseException, server: str) -> str:
+    """One line for any failure to talk to the API server, naming what to check."""
+    if isinstance(exc, ApiException):
+        if exc.status in (401, 403):
+            return (
+                f"API server {server} refused the request ({exc.status} {exc.reason}): check the "
+                "credentials of the kubeconfig user and the RBAC in manifests/rbac.yaml"
+            )
+        return f"API server {server} answered {exc.status} {exc.reason}: {api_message(exc)}"
+    cause: BaseException = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        nxt = cause.__cause__ or cause.__context__
+        assert nxt is not None
+        cause = nxt
+    return (
+        f"cannot reach the API server at {server}: {type(cause).__name__}: {_first_line(cause)}; check "
+        "that the cluster is running, the kubeconfig's server address, VPN/firewall, and --context"
+    )
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own message (its Status.message), else the raw body."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.body)
+    except (ValueError, AttributeError):
+        return str(exc.body)
+
+
+@dataclass
+class NodeFacts:
+    """What the suite needs of one node."""
+
+    name: str
+    ready: bool
+    unschedulable: bool
+    gpu_capacity: int
+    gpu_allocatable: int
+    labels: dict[str, str]
+    taints: list[dict[str, Any]]
+    kubelet_version: str = ""
+
+    @property
+    def is_gpu_node(self) -> bool:
+        return self.gpu_capacity > 0 or self.labels.get("nvidia.com/gpu.present") == "true"
+
+
+@dataclass
+class ClusterFacts:
+    """The cluster layer's evidence: reachable or not, version, nodes."""
+
+    server: str
+    description: str
+    reachable: bool = False
+    error: str | None = None
+    version: str | None = None
+    nodes: list[NodeFacts] = field(default_factory=list)
+
+    @property
+    def gpu_nodes(self) -> list[NodeFacts]:
+        return [n for n in self.nodes if n.is_gpu_node]
+
+
+def node_facts(node: client.V1Node) -> NodeFacts:
+    """Flatten a V1Node into the facts the layers use."""
+    status = node.status
+    ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
+    return NodeFacts(
+        name=node.metadata.name,
+        ready=ready,
+        unschedulable=bool(node.spec.unschedulable),
+        gpu_capacity=int((status.capacity or {}).get(GPU_RESOURCE, "0")),
+        gpu_allocatable=int((status.allocatable or {}).get(GPU_RESOURCE, "0")),
+        labels=dict(node.metadata.labels or {}),
+        taints=[{"key": t.key, "value": t.value, "effect": t.effect} for t in (node.spec.taints or [])],
+        kubelet_version=status.node_info.kubelet_version if status.node_info else "",
+    )
+
+
+def gather_cluster_facts(connection: Connection) -> ClusterFacts:
+    """Ask the API server for its version and nodes; never raises, failures become `error`."""
+    facts = ClusterFacts(server=connection.server, description=connection.description)
+    try:
+        version = client.VersionApi(connection.api).get_code(_request_timeout=REQUEST_TIMEOUT)
+        facts.version = version.git_version
+        nodes = client.CoreV1Api(connection.api).list_node(_request_timeout=REQUEST_TIMEOUT)
+    except Exception as exc:
+        facts.error = describe_api_error(exc, connection.server)
+        return facts
+    facts.reachable = True
+    facts.nodes = [node_facts(n) for n in nodes.items]
+    return facts
+
+
+DEVICE_PLUGIN_NAMES = ("nvidia-device-plugin",)
+
+
+@dataclass
+class DevicePluginFacts:
+    """The NVIDIA device plugin DaemonSet(s) found, and on which nodes their pods are Ready."""
+
+    daemonsets: list[dict[str, Any]] = field(default_factory=list)
+    ready_nodes: set[str] = field(default_factory=set)
+    error: str | None = None
+
+
+def is_device_plugin(ds: client.V1DaemonSet) -> bool:
+    """Upstream static manifest, Helm chart and GPU Operator all name it nvidia-device-plugin*."""
+    meta = ds.metadata
+    labels = meta.labels or {}
+    return (
+        any(n in meta.name for n in DEVICE_PLUGIN_NAMES)
+        or labels.get("app.kubernetes.io/name") == "nvidia-device-plugin"
+        or labels.get("app") == "nvidia-device-plugin-daemonset"
+    )
+
+
+def gather_device_plugin_facts(connection: Connection) -> DevicePluginFacts:
+    """Find the device plugin DaemonSets cluster-wide and where their pods are Ready."""
+    facts = DevicePluginFacts()
+    apps = client.AppsV1Api(connection.api)
+    core = client.CoreV1Api(connection.api)
+    try:
+        found = [
+            ds
+            for ds in apps.list_daemon_set_for_all_namespaces(_request_timeout=REQUEST_TIMEOUT).items
+            if is_device_plugin(ds)
+        ]
+        for ds in found:
+            selector = ",".join(f"{k}={v}" for k, v in (ds.spec.selector.match_labels or {}).items())
+            pods = core.list_namespaced_pod(
+                ds.metadata.namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+            ).items
+            for pod in pods:
+                ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+                if ready and pod.spec.node_name:
+                    facts.ready_nodes.add(pod.spec.node_name)
+            status = ds.status
+            facts.daemonsets.append(
+                {
+                    "namespace": ds.metadata.namespace,
+                    "name": ds.metadata.name,
+                    "image": ", ".join(c.image for c in ds.spec.template.spec.containers),
+                    "desired": status.desired_number_scheduled,
+                    "ready": status.number_ready,
+                    "available": status.number_available or 0,
+                }
+            )
+    except Exception as exc:
+        facts.error = describe_api_error(exc, connection.server)
+    return facts

@@ -1,0 +1,82 @@
+"""What one run learned, kept in one place so the layer tests, the blocking logic and the reports agree.
+
+Owns `RunState`, `LayerOutcome` and the config stash keys. The plugin keeps one RunState on
+`config.stash[RUN_STATE]`; the fixtures record what they gathered (cluster facts, device plugin facts, the
+probe run, sharing findings), the report hook records each layer's outcome, and the reports read only this at
+session end. Tests do not write into it: they fail with a diagnosis or record a scenario finding through the
+`record_scenario` fixture.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pytest
+
+from k8s_gpu_acceptance.cluster import ClusterFacts, Connection, DevicePluginFacts
+from k8s_gpu_acceptance.diagnosis import Diagnosis
+from k8s_gpu_acceptance.document import ProbeDocument, ProbeLayer
+from k8s_gpu_acceptance.nightly import NightlyOutcome
+from k8s_gpu_acceptance.probe import ProbeRun
+from k8s_gpu_acceptance.settings import Settings
+
+Outcome = Literal["passed", "failed", "blocked", "skipped", "error"]
+
+
+@dataclass
+class LayerOutcome:
+    """How one layer ended, and why, in the words a reviewer needs; metrics and evidence are what the
+    layer's test saw itself (the probe's own are read from the probe document)."""
+
+    layer: str
+    outcome: Outcome
+    duration_s: float = 0.0
+    message: str = ""
+    blocked_by: str | None = None
+    diagnosis: Diagnosis | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunState:
+    """The run's identity, the facts its fixtures gathered, and the per-layer outcomes."""
+
+    run_id: str
+    target: str
+    started_at: dt.datetime
+    cluster: ClusterFacts | None = None
+    device_plugin: DevicePluginFacts | None = None
+    probe: ProbeRun | None = None
+    scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layers: dict[str, LayerOutcome] = field(default_factory=dict)
+    finished_at: dt.datetime | None = None
+
+    @property
+    def probe_document(self) -> ProbeDocument | None:
+        return self.probe.document if self.probe is not None else None
+
+    def probe_layer(self, name: str) -> ProbeLayer | None:
+        """The probe document's entry for a layer (None without a document)."""
+        document = self.probe_document
+        return document.layer(name) if document is not None else None
+
+    def failed_root(self, names: list[str]) -> LayerOutcome | None:
+        """The first of `names` (nearest dependency first) that failed or was itself blocked."""
+        for name in names:
+            outcome = self.layers.get(name)
+            if outcome is not None and outcome.outcome in ("failed", "error", "blocked"):
+                return outcome
+        return None
+
+
+SETTINGS = pytest.StashKey[Settings]()
+"""The validated options, set in pytest_configure (the `gpu_settings` fixture's default)."""
+RUN_STATE = pytest.StashKey[RunState]()
+CONNECTION = pytest.StashKey[Connection]()
+"""The API client made (and validated) at configure time for an acceptance run on a cluster."""
+REPORTS_ON = pytest.StashKey[bool]()
+NIGHTLY = pytest.StashKey[NightlyOutcome]()
+"""Tonight's key figures, verdicts and the history read: set at session end by report_hooks.py."""
