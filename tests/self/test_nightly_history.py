@@ -21,16 +21,15 @@ from typing import Any
 
 import boto3
 import pytest
-import test_suite_on_testbed
 from gpu_probe.document import parse_document
-from test_suite_on_testbed import RECORDING, SuiteRun
+from suiterun import SuiteRun
 
 from k8s_gpu_acceptance.history import key_figures
 from k8s_gpu_acceptance.nightly import REGRESSION_EXIT
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 PREFIX = "nightly"
-run_suite = test_suite_on_testbed.run_suite  # the suite as a user runs it, with the leftovers check
+RECORDING = "testbed.k8s-gpu-acceptance.io/recording"
 
 
 def gpt2_gate() -> str:
