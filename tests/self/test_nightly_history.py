@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from gpu_probe.document import parse_document
 from suiterun import SuiteRun
@@ -43,38 +40,13 @@ def gpt2_gate() -> str:
     )
 
 
-@pytest.fixture
-def s3(testbed: Any) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=testbed.env["AWS_ENDPOINT_URL_S3"],
-        aws_access_key_id=testbed.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=testbed.env["AWS_SECRET_ACCESS_KEY"],
-        region_name=testbed.env["AWS_DEFAULT_REGION"],
-    )
-
-
-@pytest.fixture
-def bucket(s3: Any) -> Iterator[str]:
-    """A fresh bucket (the first run creates it); emptied and removed afterwards."""
-    name = f"nightly-{uuid.uuid4().hex[:10]}"
-    yield name
-    try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for item in page.get("Contents", []):
-                s3.delete_object(Bucket=name, Key=item["Key"])
-        s3.delete_bucket(Bucket=name)
-    except s3.exceptions.NoSuchBucket:
-        pass
-
-
 def verdicts(run: SuiteRun) -> dict[str, str]:
     metrics = run.report["regressions"]["metrics"]
     return {m["metric"]: m["verdict"] for m in metrics if m["value"] is not None}
 
 
 def test_three_runs_make_a_baseline_and_a_slower_run_is_a_regression(
-    run_suite: Any, testbed: Any, s3: Any, bucket: str
+    run_suite: Any, testbed: Any, testbed_s3: Any, fresh_bucket: str
 ) -> None:
     recordings_dir = Path(testbed.recordings_dir)
     assert (recordings_dir / "h100-slow.log").is_file(), (
@@ -82,7 +54,7 @@ def test_three_runs_make_a_baseline_and_a_slower_run_is_a_regression(
     )
     gate = gpt2_gate()
     common = (
-        f"--s3-bucket={bucket}",
+        f"--s3-bucket={fresh_bucket}",
         f"--s3-prefix={PREFIX}",
         f"--regression-metrics={gate},bf16_tflops,memory_bandwidth_gbps",
     )
@@ -96,7 +68,7 @@ def test_three_runs_make_a_baseline_and_a_slower_run_is_a_regression(
     for early in (first, second):
         assert set(verdicts(early).values()) == {"no baseline yet"}, verdicts(early)
         assert early.report["history"]["record_locations"][0].startswith(
-            f"s3://{bucket}/{PREFIX}/history/v1/"
+            f"s3://{fresh_bucket}/{PREFIX}/history/v1/"
         )
 
     # Run 3: the baseline is runs 1 and 2.
@@ -137,24 +109,29 @@ def test_three_runs_make_a_baseline_and_a_slower_run_is_a_regression(
     assert warned.report["regressions"]["fails_run"] is False
 
     # The history in MinIO: one object per run under the series, and an index naming every run.
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/history/v1/")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in testbed_s3.list_objects_v2(Bucket=fresh_bucket, Prefix=f"{PREFIX}/history/v1/")["Contents"]
+    ]
     series = first.report["history"]["series"]
     run_objects = [k for k in keys if k.startswith(f"{PREFIX}/history/v1/{series}/runs/")]
     all_runs = [*runs, slow, warned]
     assert len(run_objects) == len(all_runs), keys
     index = json.loads(
-        s3.get_object(Bucket=bucket, Key=f"{PREFIX}/history/v1/{series}/index.json")["Body"].read()
+        testbed_s3.get_object(Bucket=fresh_bucket, Key=f"{PREFIX}/history/v1/{series}/index.json")[
+            "Body"
+        ].read()
     )
     assert [entry["run_id"] for entry in index["runs"]] == [r.run_id for r in reversed(all_runs)]
     stored = next(entry for entry in index["runs"] if entry["run_id"] == slow.run_id)
     assert stored["regressions"] == [gate] and stored["verdicts"][gate] == "worse"
-    assert stored["report_url"].startswith(f"s3://{bucket}/{PREFIX}/") and stored["report_url"].endswith(
-        f"/{slow.run_id}/report.html"
-    )
+    assert stored["report_url"].startswith(f"s3://{fresh_bucket}/{PREFIX}/") and stored[
+        "report_url"
+    ].endswith(f"/{slow.run_id}/report.html")
     assert stored["figures"] == slow.report["history"]["figures"]
 
 
-def test_concurrent_writers_on_minio_lose_no_run(s3: Any, bucket: str) -> None:
+def test_concurrent_writers_on_minio_lose_no_run(testbed_s3: Any, fresh_bucket: str) -> None:
     """Eight runs of one series appending at once to the real MinIO: the conditional PUTs (If-None-Match,
     If-Match) make every run land in the index, and a reader sees all of them."""
     import datetime as dt
@@ -162,8 +139,8 @@ def test_concurrent_writers_on_minio_lose_no_run(s3: Any, bucket: str) -> None:
 
     from k8s_gpu_acceptance.history import History, RunRecord, S3Store
 
-    s3.create_bucket(Bucket=bucket)
-    store = S3Store(s3, bucket, PREFIX)
+    testbed_s3.create_bucket(Bucket=fresh_bucket)
+    store = S3Store(testbed_s3, fresh_bucket, PREFIX)
     assert store.put("probe.json", b"1", if_absent=True)
     assert not store.put("probe.json", b"2", if_absent=True)  # MinIO honours If-None-Match
     start = dt.datetime(2026, 11, 1, 2, tzinfo=dt.timezone.utc)
@@ -174,7 +151,8 @@ def test_concurrent_writers_on_minio_lose_no_run(s3: Any, bucket: str) -> None:
         for n in range(8)
     ]
     threads = [
-        threading.Thread(target=History(S3Store(s3, bucket, PREFIX)).append, args=(r,)) for r in records
+        threading.Thread(target=History(S3Store(testbed_s3, fresh_bucket, PREFIX)).append, args=(r,))
+        for r in records
     ]
     for thread in threads:
         thread.start()
@@ -182,7 +160,9 @@ def test_concurrent_writers_on_minio_lose_no_run(s3: Any, bucket: str) -> None:
         thread.join()
     series = records[0].series
     index = json.loads(
-        s3.get_object(Bucket=bucket, Key=f"{PREFIX}/history/v1/{series}/index.json")["Body"].read()
+        testbed_s3.get_object(Bucket=fresh_bucket, Key=f"{PREFIX}/history/v1/{series}/index.json")[
+            "Body"
+        ].read()
     )
     assert sorted(entry["run_id"] for entry in index["runs"]) == [f"w{n}" for n in range(8)]
     assert [r.run_id for r in History(store).recent(series, 10)] == [f"w{n}" for n in range(7, -1, -1)]

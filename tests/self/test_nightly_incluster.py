@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from kubernetes import client, watch
 
@@ -84,29 +83,6 @@ def build_runner_image(stage: Path) -> str:
     finally:
         built.archive.unlink(missing_ok=True)
     return built.name
-
-
-@pytest.fixture
-def bucket(testbed: Any) -> Iterator[str]:
-    name = f"incluster-{uuid.uuid4().hex[:8]}"
-    yield name
-    s3 = s3_client(testbed)
-    try:
-        for item in s3.list_objects_v2(Bucket=name).get("Contents", []):
-            s3.delete_object(Bucket=name, Key=item["Key"])
-        s3.delete_bucket(Bucket=name)
-    except s3.exceptions.NoSuchBucket:
-        pass
-
-
-def s3_client(testbed: Any) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=testbed.env["AWS_ENDPOINT_URL_S3"],
-        aws_access_key_id=testbed.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=testbed.env["AWS_SECRET_ACCESS_KEY"],
-        region_name=testbed.env["AWS_DEFAULT_REGION"],
-    )
 
 
 def kubectl(testbed: Any, *args: str, check: bool = True) -> str:
@@ -181,13 +157,14 @@ def runner_image(stage: Path) -> Iterator[str]:
 def test_the_cronjob_runs_the_suite_in_the_cluster_and_reports_reach_minio(
     testbed: Any,
     testbed_api: client.ApiClient,
-    bucket: str,
+    testbed_s3: Any,
+    fresh_bucket: str,
     stage: Path,
     runner_image: str,
     tmp_path: Path,
     leftovers: Any,
 ) -> None:
-    applied = overlay(tmp_path, testbed, testbed_api.configuration.host, runner_image, stage, bucket)
+    applied = overlay(tmp_path, testbed, testbed_api.configuration.host, runner_image, stage, fresh_bucket)
     core, batch = client.CoreV1Api(testbed_api), client.BatchV1Api(testbed_api)
     job_name = f"nightly-selftest-{uuid.uuid4().hex[:6]}"
     try:
@@ -241,10 +218,15 @@ def test_the_cronjob_runs_the_suite_in_the_cluster_and_reports_reach_minio(
         assert terminated is not None and terminated.exit_code == 1, logs[-5000:]
         assert "gpu-acceptance: uploaded to s3://" in logs, logs[-5000:]
 
-        s3 = s3_client(testbed)
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="nightly/")["Contents"]]
-        latest = json.loads(s3.get_object(Bucket=bucket, Key="nightly/latest.json")["Body"].read())
-        report = json.loads(s3.get_object(Bucket=bucket, Key=latest["keys"]["report.json"])["Body"].read())
+        keys = [
+            o["Key"] for o in testbed_s3.list_objects_v2(Bucket=fresh_bucket, Prefix="nightly/")["Contents"]
+        ]
+        latest = json.loads(
+            testbed_s3.get_object(Bucket=fresh_bucket, Key="nightly/latest.json")["Body"].read()
+        )
+        report = json.loads(
+            testbed_s3.get_object(Bucket=fresh_bucket, Key=latest["keys"]["report.json"])["Body"].read()
+        )
         for name in ("report.html", "report.json", "junit.xml"):
             assert latest["keys"][name] in keys
         assert any(k.startswith("nightly/history/v1/") and "/runs/" in k for k in keys), keys
