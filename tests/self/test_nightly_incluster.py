@@ -33,7 +33,14 @@ from testbed.versions import cache_root
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "gpu-acceptance"
 CRONJOB = "gpu-acceptance-nightly"
-SUITE_FILES = ("pyproject.toml", "README.md", "conftest.py", "pytest.ini", "tests/gpu")
+SUITE_FILES = (
+    "pyproject.toml",
+    "README.md",
+    "conftest.py",
+    "pytest.ini",
+    "tests/gpu",
+    "manifests/probe-pod.yaml",
+)
 
 
 def runner_stage(root: Path) -> Path:
@@ -49,6 +56,7 @@ def runner_stage(root: Path) -> Path:
     for name in SUITE_FILES:
         source = REPO / name
         target = root / "suite" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
@@ -232,7 +240,8 @@ def test_the_cronjob_runs_the_suite_in_the_cluster_and_reports_reach_minio(
         assert any(k.startswith("nightly/history/v1/") and "/runs/" in k for k in keys), keys
         assert report["target"] == "k8s" and report["title"].startswith("GPU acceptance: in-cluster")
         outcomes = {layer["name"]: layer["outcome"] for layer in report["layers"]}
-        assert {outcomes[n] for n in ("cluster", "device_plugin", "scheduling")} == {"passed"}, outcomes
+        messages = {layer["name"]: layer["message"][-1500:] for layer in report["layers"]}
+        assert {outcomes[n] for n in ("cluster", "device_plugin", "scheduling")} == {"passed"}, messages
         assert outcomes["driver"] == "failed" and report["environment"]["node"] == "real-node"
         assert testbed.env["AWS_SECRET_ACCESS_KEY"] not in logs
         assert not leftovers(f"k8s-gpu-acceptance/run-id={report['run_id']}")
