@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     p_bundle = sub.add_parser("bundle", help="pack every binary a GPU host needs into parts that travel")
     p_bundle.add_argument("--out", type=Path, required=True, help="directory for part-1, part-2, ...")
     p_bundle.add_argument("--max-part-mib", type=float, default=58.0, help="largest part (58)")
+    p_image = sub.add_parser(
+        "gpu-host-image", help="--gpu-host: build the probe image of another interpreter into the node"
+    )
+    p_image.add_argument("--python", required=True, help="the interpreter (its venv or site-packages)")
     p_unpack = sub.add_parser("unpack-bundle", help="on the GPU host: unpack the parts into a bin dir")
     p_unpack.add_argument("parts", type=Path, nargs="+", help="the part directories")
     p_unpack.add_argument("--bin-dir", type=Path, required=True)
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             build.ensure_built()
             gpuhost.ensure_nvidia_built()
             gpuhost.make_bundle(args.out, args.max_part_mib)
+        elif args.command == "gpu-host-image":
+            print(gpuhost.add_probe_image(args.python))
         elif args.command == "unpack-bundle":
             gpuhost.unpack(args.parts, args.bin_dir)
         elif args.command == "down":

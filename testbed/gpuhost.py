@@ -12,6 +12,7 @@ DaemonSet, with GPU Feature Discovery's labels. This module owns:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
 
 from testbed import build, cluster, images, versions
 from testbed.build import Component, fmt_duration, log, run_go, write_module
@@ -128,7 +130,7 @@ def ensure_nvidia_built() -> Path:
 
 # --- the real NVIDIA device plugin, as a DaemonSet on the real node ----------------------------------------
 
-PLUGIN_IMAGE = f"k8s-gpu-acceptance.local/nvidia-device-plugin:{DEVICE_PLUGIN_VERSION}"
+PLUGIN_REPOSITORY = "k8s-gpu-acceptance.local/nvidia-device-plugin"  # tag: version + content digest
 PLUGIN_CONFIGMAP = "nvidia-device-plugin-config"
 DRIVER_ROOT_CTR = "/driver-root"
 
@@ -151,7 +153,9 @@ def sharing_config(time_slicing_replicas: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def device_plugin_daemonset(plugin_path: str, cdi_hook_path: str, config_digest: str) -> dict[str, Any]:
+def device_plugin_daemonset(
+    image: str, plugin_path: str, cdi_hook_path: str, config_digest: str
+) -> dict[str, Any]:
     """NVIDIA's own device plugin as its Helm chart runs it with the CDI strategy (`cdi-cri`).
 
     Privileged as in the chart's CDI mode (it reads every /dev/nvidia* and NVML through the host's driver
@@ -186,7 +190,7 @@ def device_plugin_daemonset(plugin_path: str, cdi_hook_path: str, config_digest:
                     "containers": [
                         {
                             "name": "nvidia-device-plugin-ctr",
-                            "image": PLUGIN_IMAGE,
+                            "image": image,
                             "imagePullPolicy": "Never",
                             "command": [plugin_path],
                             "args": [
@@ -236,7 +240,7 @@ def config_digest(config: str) -> str:
     return hashlib.sha256(config.encode()).hexdigest()[:12]
 
 
-def apply_device_plugin(api_client: client.ApiClient, bindir: Path, replicas: int) -> str:
+def apply_device_plugin(api_client: client.ApiClient, bindir: Path, replicas: int, image: str) -> str:
     """Create or update the plugin's ConfigMap and DaemonSet; returns the config text applied."""
     core = client.CoreV1Api(api_client)
     apps = client.AppsV1Api(api_client)
@@ -252,7 +256,7 @@ def apply_device_plugin(api_client: client.ApiClient, bindir: Path, replicas: in
         lambda: core.replace_namespaced_config_map(PLUGIN_CONFIGMAP, "kube-system", configmap),
     )
     ds = device_plugin_daemonset(
-        str(bindir / "nvidia-device-plugin"), str(bindir / "nvidia-cdi-hook"), config_digest(config)
+        image, str(bindir / "nvidia-device-plugin"), str(bindir / "nvidia-cdi-hook"), config_digest(config)
     )
     name = ds["metadata"]["name"]
     cluster.create_or_replace(
@@ -262,20 +266,75 @@ def apply_device_plugin(api_client: client.ApiClient, bindir: Path, replicas: in
     return config
 
 
-def wait_gpus_advertised(api_client: client.ApiClient, node: str, expected: int, timeout: float) -> None:
-    """Watch the node until allocatable nvidia.com/gpu is `expected` (the plugin registered and listed)."""
+# Waiting reasons of the plugin's container that no amount of waiting fixes.
+PLUGIN_BAD_STATES = (
+    "ErrImageNeverPull",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "CrashLoopBackOff",
+    "CreateContainerError",
+    "CreateContainerConfigError",
+    "RunContainerError",
+    "InvalidImageName",
+)
+PLUGIN_SELECTOR = "name=nvidia-device-plugin-ds"
+
+
+def plugin_pod_problem(
+    core: client.CoreV1Api, namespace: str = "kube-system", selector: str = PLUGIN_SELECTOR
+) -> str | None:
+    """The plugin pod's known-bad state with its message (and the log's end when it crashed), else None."""
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+        for cs in (pod.status and pod.status.container_statuses) or []:
+            waiting = cs.state and cs.state.waiting
+            if waiting and waiting.reason in PLUGIN_BAD_STATES:
+                detail = f"{pod.metadata.name}: {waiting.reason}: {waiting.message or ''}".strip()
+                if waiting.reason == "CrashLoopBackOff":
+                    with contextlib.suppress(ApiException):
+                        log_tail = core.read_namespaced_pod_log(
+                            pod.metadata.name, namespace, previous=True, tail_lines=15
+                        )
+                        detail += f"\n{log_tail}"
+                return detail
+    return None
+
+
+def wait_gpus_advertised(
+    api_client: client.ApiClient,
+    node: str,
+    expected: int,
+    timeout: float,
+    namespace: str = "kube-system",
+    selector: str = PLUGIN_SELECTOR,
+) -> None:
+    """Until the node's allocatable nvidia.com/gpu is `expected` (the plugin registered and listed them).
+
+    Woken by the plugin pod's watch (and re-checked at least every 5 s, since the node's capacity arrives
+    through the kubelet's status updates); a plugin pod in a state no wait fixes ends it at once, with why.
+    """
     core = client.CoreV1Api(api_client)
-
-    def advertised(nodes: Any) -> bool:
-        return any((n.status.allocatable or {}).get("nvidia.com/gpu") == str(expected) for n in nodes.items)
-
-    cluster.wait_for(
-        core.list_node,
-        advertised,
-        f"node {node} to advertise nvidia.com/gpu={expected} (device plugin registered)",
-        timeout,
-        field_selector=f"metadata.name={node}",
-    )
+    deadline = time.monotonic() + timeout
+    while True:
+        found = (core.read_node(node).status.allocatable or {}).get("nvidia.com/gpu")
+        if found == str(expected):
+            return
+        problem = plugin_pod_problem(core, namespace, selector)
+        if problem:
+            raise TestbedError(f"the NVIDIA device plugin pod cannot run: {problem}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TestbedError(
+                f"node {node} advertises nvidia.com/gpu={found} after {timeout:.0f}s, expected {expected}: "
+                f"kubectl -n {namespace} logs -l {selector}"
+            )
+        stream = watch.Watch().stream(
+            core.list_namespaced_pod,
+            namespace,
+            label_selector=selector,
+            timeout_seconds=max(1, int(min(remaining, 5))),
+        )
+        for _ in stream:  # any change of the plugin pod: check again
+            break
 
 
 def apply_gfd_labels(
@@ -317,6 +376,7 @@ def apply_gfd_labels(
 # no simulated nodes, and kwokctl runs with --disable kwok-controller; MinIO too: no S3 there).
 HOST_BINARIES = (
     "kube",
+    "crictl",  # `down` removes the pods through the CRI, so CNI tears their networks down
     "etcd",
     "kwokctl",
     "containerd",
@@ -504,36 +564,73 @@ def node_name() -> str:
 
 
 ENVIRONMENT_SCRIPT = """
-import json, site, sys, torch, transformers
-paths = [sys.prefix] if sys.prefix != sys.base_prefix else []  # a venv: all of it (pyvenv.cfg, bin, lib)
-paths += [p for p in site.getsitepackages() + [site.getusersitepackages()] if not p.startswith(sys.prefix)]
-print(json.dumps({"paths": paths, "torch": torch.__version__, "transformers": transformers.__version__}))
+import json, site, sys
+try:
+    import torch, transformers
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+except ImportError as exc:
+    versions = {"missing": str(exc)}
+paths = [sys.prefix] if sys.prefix != sys.base_prefix else []  # a venv: all (pyvenv.cfg, bin, lib)
+if "torch" in versions:  # a system interpreter: its site/dist-packages only when they hold torch
+    found = site.getsitepackages() + [site.getusersitepackages()]
+    paths += [p for p in found if not p.startswith(sys.prefix)]
+print(json.dumps({"paths": paths, **versions}))
 """
 
 
-def python_environment(python: str) -> tuple[tuple[str, ...], str]:
-    """(host paths holding the interpreter's packages, torch version): torch must be importable there.
+def python_environment(python: str) -> tuple[tuple[str, ...], str | None]:
+    """(host paths holding the interpreter's packages, torch version or None when torch is missing).
 
-    A venv goes in whole; a system interpreter brings its site/dist-packages directories.
+    A venv goes in whole; a system interpreter with torch brings its site/dist-packages directories; one
+    without torch gives an image of the interpreter alone (driver and nvidia-smi layers only).
     """
-    proc = subprocess.run(
-        [python, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=180, check=False
-    )
+    try:
+        proc = subprocess.run(
+            [python, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=180, check=False
+        )
+    except OSError as exc:
+        raise TestbedError(f"cannot run {python} (--python): {exc}") from exc
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        raise TestbedError(
-            f"{python} cannot import torch and transformers (the probe image is made from its environment): "
-            f"{last}; pass --python with one that can"
-        )
+        raise TestbedError(f"cannot run {python} (the probe image is made from its environment): {last}")
     found = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "torch" not in found:
+        log(
+            f"{python}: {found['missing']}: its probe image runs the driver and nvidia_smi layers only "
+            "(torch_cuda, gpt2 and gpu_perf will say torch is missing)"
+        )
     paths = tuple(p for p in found["paths"] if os.path.isdir(p))
-    return paths, str(found["torch"])
+    return paths, found.get("torch")
+
+
+def add_probe_image(python: str) -> str:
+    """Build the probe image of another interpreter into the running GPU host node; returns its name.
+
+    The cluster can come up first with a small image (`--python /usr/bin/python3`: seconds) and the
+    torch image (gigabytes) follows, so the lower layers are proven while the big import runs.
+    """
+    from testbed.state import State
+
+    state = State.load()
+    if state is None or not state.real_node:
+        raise TestbedError("no running node: start one with `python -m testbed up --gpu-host` first")
+    paths, _ = python_environment(python)
+    spec = dataclasses.replace(images.probe_image_spec(paths, python), stream=True)
+    started = time.monotonic()
+    image = images.build_image(spec, versions.cache_root() / "images")
+    log(f"probe image {image.name}: {len(image.entries or {})} files, {image.size / 2**30:.2f} GiB")
+    node = state.real_node
+    images.import_images(Path(node["bin_dir"]) / "ctr", node["containerd_address"], [image])
+    node.setdefault("images", {})[f"probe:{python}"] = image.name
+    state.save()
+    log(f"imported {image.name} in {fmt_duration(time.monotonic() - started)}")
+    return image.name
 
 
 def plugin_image_spec(bindir: Path) -> images.ImageSpec:
     """NVIDIA's device plugin image from the built binary and the glibc it links (found with ldd)."""
     return images.ImageSpec(
-        repository=PLUGIN_IMAGE.rsplit(":", 1)[0],
+        repository=PLUGIN_REPOSITORY,
         tag_prefix=DEVICE_PLUGIN_VERSION,
         paths=(str(bindir / "nvidia-device-plugin"),),
         env=("PATH=/usr/bin:/bin",),
@@ -549,6 +646,7 @@ def node_options(host: GpuHost) -> NodeOptions:
         fake_gpus=0,
         probe_paths=paths,
         probe_python=host.python,
+        stream_probe_image=True,
         taints=(),
         labels=(),
         extra_images=(("nvidia-device-plugin", plugin_image_spec(Path(host.bin_dir))),),
@@ -556,14 +654,16 @@ def node_options(host: GpuHost) -> NodeOptions:
     )
 
 
-def configure_gpus(api_client: client.ApiClient, host: GpuHost, work: Path, timeout: float = 180.0) -> int:
+def configure_gpus(
+    api_client: client.ApiClient, host: GpuHost, image: str, work: Path, timeout: float = 180.0
+) -> int:
     """Apply the device plugin with the wanted sharing, wait until the node advertises the GPUs, label it.
 
     Returns the number of nvidia.com/gpu the node advertises (physical GPUs x time-slicing replicas).
     """
     bindir = Path(host.bin_dir)
     physical = physical_gpus()
-    config = apply_device_plugin(api_client, bindir, host.time_slicing)
+    config = apply_device_plugin(api_client, bindir, host.time_slicing, image)
     expected = physical * max(1, host.time_slicing)
     wait_gpus_advertised(api_client, host.node_name, expected, timeout)
     labels = apply_gfd_labels(api_client, host.node_name, bindir, config, work)

@@ -15,6 +15,7 @@ An image's tag is a digest of what goes into it, so a changed host file gives a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -23,9 +24,12 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 from testbed.errors import TestbedError
 
@@ -49,6 +53,10 @@ class ImageSpec:
     env: tuple[str, ...] = ("PATH=/usr/local/bin:/usr/bin:/bin",)
     cmd: tuple[str, ...] = ()
     elf_closure: bool = True
+    # Large images (a GPU host's torch environment, gigabytes) are streamed into `ctr images import -`
+    # instead of written to disk twice (layer, then archive): the layer is generated once to learn its
+    # digest and once more straight into containerd.
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,11 +72,14 @@ class Entry:
 
 @dataclass(frozen=True)
 class BuiltImage:
-    """An image archive ready to import: its full name (repository:tag) and the tar file."""
+    """An image ready to import: its full name (repository:tag) and the tar file, or, for a streamed image,
+    what to generate the archive from at import time."""
 
     name: str
-    archive: Path
+    archive: Path | None
     size: int
+    spec: ImageSpec | None = None
+    entries: dict[str, Entry] | None = None
 
 
 class RootFS:
@@ -155,11 +166,15 @@ class RootFS:
 def shared_libraries(files: Sequence[str]) -> set[str]:
     """The absolute library paths ldd names for these files (static files and non-ELF data are skipped)."""
     libs: set[str] = set()
-    for start in range(0, len(files), LDD_BATCH):
-        proc = subprocess.run(
-            ["ldd", *files[start : start + LDD_BATCH]], capture_output=True, text=True, check=False
-        )
-        for line in proc.stdout.splitlines():
+
+    def ldd(batch: Sequence[str]) -> str:
+        return subprocess.run(["ldd", *batch], capture_output=True, text=True, check=False).stdout
+
+    batches = [files[i : i + LDD_BATCH] for i in range(0, len(files), LDD_BATCH)]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        outputs = list(pool.map(ldd, batches))
+    for output in outputs:
+        for line in output.splitlines():
             line = line.strip()
             if "=>" in line:
                 target = line.split("=>", 1)[1].strip().split(" (")[0].strip()
@@ -170,9 +185,14 @@ def shared_libraries(files: Sequence[str]) -> set[str]:
     return libs
 
 
-def write_layer(entries: dict[str, Entry], out: Path) -> None:
-    """An uncompressed, reproducible layer tar (sorted, root-owned; host mtimes kept so .pyc stay valid)."""
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+def write_layer(entries: dict[str, Entry], out: Path | IO[bytes] | io.RawIOBase) -> None:
+    """An uncompressed, reproducible layer tar (sorted, root-owned; host mtimes kept so .pyc stay valid).
+
+    `out` is a path, or a stream written sequentially (a pipe, a hashing sink): same bytes either way.
+    """
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(out.open("wb")) if isinstance(out, Path) else out
+        tar = stack.enter_context(tarfile.open(fileobj=fh, mode="w|", format=tarfile.PAX_FORMAT))
         for path in sorted(entries):
             entry = entries[path]
             info = tarfile.TarInfo(path)
@@ -239,6 +259,9 @@ def build_image(spec: ImageSpec, cache: Path) -> BuiltImage:
     entries = collect(spec)
     tag = f"{spec.tag_prefix}-{content_key(spec, entries)}"
     name = f"{spec.repository}:{tag}"
+    if spec.stream:
+        size = sum(os.stat(e.host).st_size for e in entries.values() if e.kind == "file" and e.host)
+        return BuiltImage(name, None, size, spec, entries)
     archive = cache / f"{spec.repository.rsplit('/', 1)[-1]}-{tag}.tar"
     if archive.is_file():
         return BuiltImage(name, archive, archive.stat().st_size)
@@ -261,7 +284,79 @@ def _blob(tar: tarfile.TarFile, data: bytes) -> dict[str, object]:
 
 def write_oci_archive(name: str, spec: ImageSpec, layer: Path, out: Path) -> None:
     """oci-layout + index.json (with io.containerd.image.name) + config, manifest and layer blobs, one tar."""
-    layer_digest = sha256_file(layer)
+    with tarfile.open(out, "w") as tar:
+        size = layer.stat().st_size
+        with layer.open("rb") as fh:
+            _write_archive(tar, name, spec, sha256_file(layer), size, lambda info: tar.addfile(info, fh))
+
+
+class _HashSink(io.RawIOBase):
+    """A write-only stream that keeps the sha256 and the length of what went through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+
+def stream_import(base: list[str], image: BuiltImage, timeout: float = 1800) -> None:
+    """Import a streamed image: generate its layer once for the digest, then again into `ctr import -`."""
+    assert image.spec is not None and image.entries is not None
+    entries = image.entries
+    sink = _HashSink()
+    write_layer(entries, sink)
+    digest, size = sink.digest.hexdigest(), sink.size
+    proc = subprocess.Popen(
+        [*base, "images", "import", "--platform", "linux/amd64", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    read_end, write_end = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_end, "wb") as pipe:
+                write_layer(entries, pipe)
+        except BaseException as exc:  # reported by the consumer below
+            failure.append(exc)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        with os.fdopen(read_end, "rb") as layer, tarfile.open(fileobj=proc.stdin, mode="w|") as tar:
+            _write_archive(tar, image.name, image.spec, digest, size, lambda info: tar.addfile(info, layer))
+        proc.stdin.close()
+        output = proc.stdout.read().decode(errors="replace")
+        rc = proc.wait(timeout=timeout)
+    finally:
+        producer.join(timeout=60)
+        if proc.poll() is None:
+            proc.kill()
+    if failure or rc != 0:
+        raise TestbedError(f"streaming {image.name} into `ctr images import -` failed: {failure or output}")
+
+
+def _write_archive(
+    tar: tarfile.TarFile,
+    name: str,
+    spec: ImageSpec,
+    layer_digest: str,
+    layer_size: int,
+    add_layer: Callable[[tarfile.TarInfo], None],
+) -> None:
+    """The archive's members: the layer blob (written by `add_layer`), config, manifest, index, layout."""
     config: dict[str, object] = {
         "architecture": "amd64",
         "os": "linux",
@@ -273,57 +368,57 @@ def write_oci_archive(name: str, spec: ImageSpec, layer: Path, out: Path) -> Non
         config["config"]["User"] = spec.user  # type: ignore[index]
     if spec.cmd:
         config["config"]["Cmd"] = list(spec.cmd)  # type: ignore[index]
-    with tarfile.open(out, "w") as tar:
-        info = tarfile.TarInfo(f"blobs/sha256/{layer_digest}")
-        info.size = layer.stat().st_size
-        with layer.open("rb") as fh:
-            tar.addfile(info, fh)
-        config_desc = _blob(tar, json.dumps(config, sort_keys=True).encode())
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_desc},
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": f"sha256:{layer_digest}",
-                    "size": info.size,
-                }
-            ],
-        }
-        manifest_desc = _blob(tar, json.dumps(manifest, sort_keys=True).encode())
-        index = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    **manifest_desc,
-                    "platform": {"architecture": "amd64", "os": "linux"},
-                    "annotations": {
-                        "io.containerd.image.name": name,
-                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
-                    },
-                }
-            ],
-        }
-        for member, data in (
-            ("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode()),
-            ("index.json", json.dumps(index, sort_keys=True).encode()),
-        ):
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    info = tarfile.TarInfo(f"blobs/sha256/{layer_digest}")
+    info.size = layer_size
+    add_layer(info)
+    config_desc = _blob(tar, json.dumps(config, sort_keys=True).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_desc},
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": f"sha256:{layer_digest}",
+                "size": info.size,
+            }
+        ],
+    }
+    manifest_desc = _blob(tar, json.dumps(manifest, sort_keys=True).encode())
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                **manifest_desc,
+                "platform": {"architecture": "amd64", "os": "linux"},
+                "annotations": {
+                    "io.containerd.image.name": name,
+                    "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+                },
+            }
+        ],
+    }
+    for member, data in (
+        ("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode()),
+        ("index.json", json.dumps(index, sort_keys=True).encode()),
+    ):
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
 
 
 def import_images(ctr: Path, address: str, images: Iterable[BuiltImage]) -> None:
     """Load the archives into containerd's k8s.io namespace (what the CRI uses) and pin them against GC."""
     base = [str(ctr), "--address", address, "--namespace", "k8s.io"]
     for image in images:
-        for args in (
-            ["images", "import", "--platform", "linux/amd64", str(image.archive)],
-            ["images", "label", image.name, "io.cri-containerd.pinned=pinned"],
-        ):
+        steps = [["images", "label", image.name, "io.cri-containerd.pinned=pinned"]]
+        if image.archive is None:
+            stream_import(base, image)
+        else:
+            steps.insert(0, ["images", "import", "--platform", "linux/amd64", str(image.archive)])
+        for args in steps:
             proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=600, check=False)
             if proc.returncode != 0:
                 raise TestbedError(f"`ctr {' '.join(args)}` failed: {proc.stdout}{proc.stderr}".strip())

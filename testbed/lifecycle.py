@@ -141,12 +141,17 @@ def reuse_gpu_host(state: State, host: gpuhost.GpuHost, started: float) -> Testb
     """A running GPU host cluster: only the sharing configuration may change (the plugin pod rolls)."""
     if state.gpu_host.get("time_slicing") != host.time_slicing:
         with cluster.api(Path(state.kubeconfig)) as c:
-            gpuhost.configure_gpus(c, host, state_dir() / "gpuhost")
+            gpuhost.configure_gpus(c, host, plugin_image(state), state_dir() / "gpuhost")
         state.gpu_host = {**state.gpu_host, "time_slicing": host.time_slicing}
         state.save()
         step(f"time-slicing set to {host.time_slicing} replicas", started)
     log(f"GPU host cluster already running; up took {fmt_duration(time.monotonic() - started)}")
     return testbed_of(state, started_here=False)
+
+
+def plugin_image(state: State) -> str:
+    """The name (with its content tag) under which the node imported NVIDIA's device plugin image."""
+    return str(state.real_node["images"]["nvidia-device-plugin"])
 
 
 def _start_gpu_host(host: gpuhost.GpuHost, t0: float) -> State:
@@ -183,7 +188,7 @@ def _start_gpu_host(host: gpuhost.GpuHost, t0: float) -> State:
         start_real_node(state, bindir, sdir, options)
         t = step(f"real node {host.node_name} Ready", t)
         with cluster.api(Path(state.kubeconfig)) as c:
-            gpus = gpuhost.configure_gpus(c, host, sdir / "gpuhost")
+            gpus = gpuhost.configure_gpus(c, host, plugin_image(state), sdir / "gpuhost")
         step(f"NVIDIA device plugin {gpuhost.DEVICE_PLUGIN_VERSION} Ready, nvidia.com/gpu={gpus}", t)
     except BaseException:
         log(f"start failed: state kept in {sdir}; run `python -m testbed down` to clean up")

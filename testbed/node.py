@@ -16,10 +16,13 @@ into the probe image. The lead's GPU-host mode (testbed/gpuhost.py) reuses `star
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -103,16 +106,42 @@ def primary_ip() -> str:
         address: str = sock.getsockname()[0]
         if not address.startswith("127."):
             return address
-    out = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True, check=False
-    ).stdout
-    for line in out.splitlines():
-        fields = line.split()
-        if "inet" in fields:
-            return fields[fields.index("inet") + 1].split("/")[0]
-    raise TestbedError(
-        "no global IPv4 address on this host for the kubelet's node IP: pass NodeOptions.node_ip"
-    )
+    # No default route (a GPU host without network): the host's own addresses from the kernel's FIB (no
+    # `ip` binary needed, the H100 VM has none), else loopback: the apiserver reaches the kubelet there.
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+        for previous, line in itertools.pairwise(lines):
+            if line.strip() == "/32 host LOCAL":
+                address = previous.split()[-1]
+                if not address.startswith("127."):
+                    return address
+    log("no IPv4 address besides loopback: the kubelet's node IP is 127.0.0.1")
+    return "127.0.0.1"
+
+
+RTM_DELLINK, NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR = 17, 1, 4, 2
+
+
+def delete_link(name: str) -> str | None:
+    """Delete a network link (the cni0 bridge) through rtnetlink; returns an error text, None when done.
+
+    A netlink message rather than `ip link delete`: the GPU host has no iproute2.
+    """
+    try:
+        index = int(Path(f"/sys/class/net/{name}/ifindex").read_text())
+    except (OSError, ValueError) as exc:
+        return f"no link {name}: {exc}"
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0)  # struct ifinfomsg
+    header = struct.pack("=LHHLL", 16 + len(body), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(header + body)
+        reply = sock.recv(4096)
+    if struct.unpack_from("=H", reply, 4)[0] == NLMSG_ERROR:
+        error = struct.unpack_from("=i", reply, 16)[0]
+        if error:
+            return f"deleting link {name}: {os.strerror(-error)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -123,6 +152,7 @@ class NodeOptions:
     fake_gpus: int = 4  # FAKE nvidia.com/gpu devices; 0: no fake plugin (a GPU host runs the real one)
     probe_paths: tuple[str, ...] = ()  # more host paths for the probe image (a GPU host: its torch venv)
     probe_python: str = "/usr/bin/python3"  # the probe image's python3 (a GPU host: the venv's, with torch)
+    stream_probe_image: bool = False  # gigabytes (a torch environment): stream it into containerd
     node_ip: str | None = None
     ready_timeout_s: float = 120.0
     # REAL_NODE_TAINT keeps every pod that does not ask for the real node off it (kwok self-tests, default
@@ -443,11 +473,14 @@ def kubelet_kubeconfig(server: str, ca: Path, cert: Path, key: Path) -> str:
 
 
 def node_client_cert(pki: Path, out: Path, node: str) -> tuple[Path, Path]:
-    """Sign a kubelet client certificate with the testbed's CA (kwokctl's pki) using openssl."""
+    """Sign a kubelet client certificate with the testbed's CA (kwokctl's pki) using openssl.
+
+    Without openssl (a minimal GPU host), the kubelet uses kwokctl's admin certificate instead: it then
+    registers as a cluster admin, not as system:node:<name> (the Node authorizer's identity); said in the log.
+    """
     if shutil.which("openssl") is None:
-        raise TestbedError(
-            "openssl is not installed (the real node's kubelet certificate): apt-get install openssl"
-        )
+        log("no openssl: the kubelet authenticates with the admin certificate (apt-get install openssl)")
+        return pki / "admin.crt", pki / "admin.key"
     out.mkdir(parents=True, exist_ok=True)
     key, csr, cert = out / "kubelet.key", out / "kubelet.csr", out / "kubelet.crt"
     steps = [
@@ -551,7 +584,10 @@ def image_specs(bindir: Path, options: NodeOptions) -> dict[str, images.ImageSpe
     """The images the node needs, by role."""
     specs = {
         "pause": images.pause_image_spec(bindir / "pause", pause_version()),
-        "probe": images.probe_image_spec(options.probe_paths, options.probe_python),
+        "probe": dataclasses.replace(
+            images.probe_image_spec(options.probe_paths, options.probe_python),
+            stream=options.stream_probe_image,
+        ),
     }
     if options.fake_gpus:
         specs["fake-device-plugin"] = images.device_plugin_image_spec(bindir / "fake-gpu-device-plugin")
@@ -720,7 +756,9 @@ def stop_node(ns: NodeState) -> list[str]:
     if kubelet is not None and stop(kubelet):
         log(f"  stopped kubelet (pid {kubelet.pid})")
     containerd = ns.procs.get("containerd")
-    if containerd is not None and is_alive(containerd):
+    if containerd is not None and is_alive(containerd) and not (bindir / "crictl").exists():
+        problems.append(f"no {bindir / 'crictl'}: pods not removed through the CRI (their netns may stay)")
+    elif containerd is not None and is_alive(containerd):
         # Through the CRI, so that each sandbox's network is torn down by CNI and its netns unmounted.
         crictl = [
             str(bindir / "crictl"),
@@ -734,8 +772,8 @@ def stop_node(ns: NodeState) -> list[str]:
         )
         if proc.returncode != 0:
             problems.append(f"crictl rmp --all --force: {proc.stderr.strip()}")
-        if stop(containerd):
-            log(f"  stopped containerd (pid {containerd.pid})")
+    if containerd is not None and stop(containerd):
+        log(f"  stopped containerd (pid {containerd.pid})")
     for pid in processes_with_exe(bindir / "containerd-shim-runc-v2"):
         log(f"  stopping leftover shim pid {pid}")
         with contextlib.suppress(ProcessLookupError):
@@ -754,9 +792,9 @@ def stop_node(ns: NodeState) -> list[str]:
         for name in set(os.listdir(DEVICE_PLUGIN_DIR)) - set(ns.device_plugin_files_before):
             (DEVICE_PLUGIN_DIR / name).unlink(missing_ok=True)
     if not ns.bridge_existed and link_exists(BRIDGE):
-        proc = subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            problems.append(f"ip link delete {BRIDGE}: {proc.stderr.strip()}")
+        error = delete_link(BRIDGE)
+        if error:
+            problems.append(error)
     if ns.iptables:
         problems += restore_iptables(ns.iptables_before)
     problems += restore_sysctls(ns.sysctls)

@@ -110,20 +110,33 @@ def _without_credentials(url: str) -> str:
     return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, parsed.query, parsed.fragment))
 
 
-def _answer(url: str, proxy: str | None, timeout_s: float) -> str:
+def ca_bundle(environ: Any = os.environ) -> str | None:
+    """The CA file the hub client trusts beyond the system's (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, ...)."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        path = environ.get(name)
+        if path and os.path.isfile(path):
+            return str(path)
+    return None
+
+
+def _answer(url: str, proxy: str | None, timeout_s: float, cafile: str | None = None) -> str:
     """'HTTP <status>' once the endpoint (through the proxy, if any) answers a HEAD request; raises otherwise.
 
     Any HTTP status counts (404 for an unknown id is the hub answering), except a proxy's 502/503/504 (the
-    proxy could not reach the hub); a refused CONNECT tunnel is unreachable too. A certificate that Python's
-    store cannot verify also counts as an answer (a TLS server is there; the hub client may trust a CA Python
-    does not), so only silence, refusal, an unknown name or no route make the hub unreachable.
+    proxy could not reach the hub); a refused CONNECT tunnel is unreachable too, and so is a TLS certificate
+    that the system's CAs (plus REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE / SSL_CERT_FILE) do not trust: the hub
+    client would refuse it as well (seen: a transparent proxy answering every address with its own
+    certificate; without this rule the download's retries took 66 s to fail).
     """
     import ssl  # here, not at the top: the probe's start pays for these only when a hub model is checked
     import urllib.error
     import urllib.request
 
     scheme = urllib.parse.urlsplit(url).scheme or "https"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({scheme: proxy} if proxy else {}))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({scheme: proxy} if proxy else {}),
+        urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cafile)),
+    )
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "gpu-probe hub check"})
     try:
         with opener.open(request, timeout=timeout_s) as response:
@@ -132,10 +145,6 @@ def _answer(url: str, proxy: str | None, timeout_s: float) -> str:
         if proxy and exc.code in PROXY_GATEWAY_ERRORS:  # the proxy answered for a hub it could not reach
             raise OSError(f"the proxy answered HTTP {exc.code} {exc.reason}") from exc
         return f"HTTP {exc.code}"
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, ssl.SSLCertVerificationError):
-            return f"a TLS server whose certificate Python does not trust ({exc.reason.verify_message})"
-        raise
 
 
 def check_hub(
@@ -155,7 +164,7 @@ def check_hub(
 
     def ask() -> None:
         try:
-            box["answer"] = _answer(url, proxy, timeout_s)
+            box["answer"] = _answer(url, proxy, timeout_s, ca_bundle(environ))
         except Exception as exc:
             reason = getattr(exc, "reason", exc)
             box["error"] = f"{type(reason).__name__}: {reason}"

@@ -167,8 +167,12 @@ def dynamo_stand_in() -> Iterator[bool]:
                 del sys.modules[name]
 
 
+# The child searches the parent's sys.path (given as argv[1]), so both see the same distributions even where
+# the parent's path was extended after start (pytest's rootdir, PYTHONPATH set by a wrapper, a checkout's
+# *.egg-info beside the sources).
 DISTRIBUTION_MAP_CODE = (
-    "import importlib.metadata, json, sys; json.dump(importlib.metadata.packages_distributions(), sys.stdout)"
+    "import importlib.metadata, json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "json.dump(importlib.metadata.packages_distributions(), sys.stdout)"
 )
 
 
@@ -179,7 +183,7 @@ class DistributionMap:
         self.error: str | None = None
         try:
             self._child: subprocess.Popen[str] | None = subprocess.Popen(
-                [sys.executable, "-c", DISTRIBUTION_MAP_CODE],
+                [sys.executable, "-c", DISTRIBUTION_MAP_CODE, json.dumps(sys.path)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,

@@ -116,15 +116,21 @@ def measure(ctx: Context, result: LayerResult) -> None:
     if source == "hub":
         check = (ctx.hub_check or BackgroundHubCheck(model_name)).wait()
         result.metrics["hub_check"] = check.as_dict()
-        if check.reachable is False:
-            if cached_snapshot(model_name) is None:
+        if check.reachable is not True and cached_snapshot(model_name) is None:
+            if check.reachable is None:  # offline mode asked for, and nothing cached: say so without waiting
+                exc = HubUnreachable(
+                    f"{check.offline_env} (offline mode) and {model_name} is not in the local hub cache "
+                    f"{hub_cache_dir()}"
+                )
+            else:
                 exc = HubUnreachable(
                     f"{check.detail} (checked in {check.seconds:.1f} s, before any download); "
                     f"{model_name} is not in the local hub cache {hub_cache_dir()} either"
                 )
-                error, diagnosis = load_error_diagnosis(model_name, source, exc)
-                result.set("error", error, diagnosis)
-                return
+            error, diagnosis = load_error_diagnosis(model_name, source, exc)
+            result.set("error", error, diagnosis)
+            return
+        if check.reachable is False:
             offline_only = True  # unreachable hub, cached model: load it from the cache, offline
     if ctx.prefetch is not None and ctx.prefetch.wall_s is None:
         print(
