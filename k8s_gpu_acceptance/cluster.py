@@ -132,7 +132,7 @@ def describe_api_error(exc: BaseException, server: str) -> str:
         if exc.status in (401, 403):
             return (
                 f"API server {server} refused the request ({exc.status} {exc.reason}): check the "
-                "credentials of the kubeconfig user and the RBAC in manifests/rbac.yaml"
+                "credentials of the kubeconfig user and the RBAC in manifests/base/rbac.yaml"
             )
         return f"API server {server} answered {exc.status} {exc.reason}: {api_message(exc)}"
     cause: BaseException = exc

@@ -19,6 +19,7 @@ from k8s_gpu_acceptance.cluster import ClusterFacts, Connection, DevicePluginFac
 from k8s_gpu_acceptance.diagnosis import Diagnosis
 from k8s_gpu_acceptance.document import ProbeDocument, ProbeLayer
 from k8s_gpu_acceptance.fleet import SweepPlan, SweepRun
+from k8s_gpu_acceptance.nightly import NightlyOutcome
 from k8s_gpu_acceptance.probe import ProbeRun
 from k8s_gpu_acceptance.settings import Settings
 
@@ -84,3 +85,5 @@ CONNECTION = pytest.StashKey[Connection]()
 REPORTS_ON = pytest.StashKey[bool]()
 SWEEP_PLAN = pytest.StashKey[SweepPlan]()
 """The fleet sweep's nodes, listed once at collection (its tests are parametrized by node)."""
+NIGHTLY = pytest.StashKey[NightlyOutcome]()
+"""Tonight's key figures, verdicts and the history read: set at session end by report_hooks.py."""

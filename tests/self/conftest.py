@@ -131,3 +131,31 @@ def run_suite(
     yield run
     for suite_run in runs:
         assert_nothing_left(leftovers, suite_run.run_id)
+
+
+@pytest.fixture
+def testbed_s3(testbed: lifecycle.Testbed) -> Any:
+    """An S3 client for the testbed's MinIO with its credentials passed explicitly (not from the env)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=testbed.env["AWS_ENDPOINT_URL_S3"],
+        aws_access_key_id=testbed.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=testbed.env["AWS_SECRET_ACCESS_KEY"],
+        region_name=testbed.env["AWS_DEFAULT_REGION"],
+    )
+
+
+@pytest.fixture
+def fresh_bucket(testbed_s3: Any) -> Iterator[str]:
+    """A bucket name nobody used (not created: the suite's upload creates it); emptied and removed after."""
+    name = f"selftest-{uuid.uuid4().hex[:10]}"
+    yield name
+    try:
+        for page in testbed_s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for item in page.get("Contents", []):
+                testbed_s3.delete_object(Bucket=name, Key=item["Key"])
+        testbed_s3.delete_bucket(Bucket=name)
+    except testbed_s3.exceptions.NoSuchBucket:
+        pass
