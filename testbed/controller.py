@@ -33,6 +33,8 @@ from kubernetes.client.exceptions import ApiException
 from testbed.recordings import container_recordings, cri_log_file, recording_path, recordings_dir
 from testbed.stages import LOGS_READY_ANNOTATION, PROBE_LABEL, PROBE_VALUE, RECORDING_ERROR_ANNOTATION
 
+HOLD_ANNOTATION = "testbed.k8s-gpu-acceptance.io/hold"
+
 LOG = logging.getLogger("testbed.controller")
 KWOK_GROUP, KWOK_VERSION, LOGS_PLURAL = "kwok.x-k8s.io", "v1alpha1", "logs"
 SERVE_TIMEOUT_S = 20.0
@@ -64,9 +66,15 @@ class RecordingController:
         return self.kwok_nodes[name]
 
     def wants(self, pod: client.V1Pod) -> bool:
-        """A Running probe pod that has neither its log nor an error yet, and is not already being handled."""
+        """A Running probe pod that has neither its log nor an error yet, and is not already being handled.
+
+        A pod annotated HOLD_ANNOTATION=true is left Running without a log until the annotation goes (a
+        SIMULATED slow probe: self-tests interrupt the suite while its probe pod is certainly in flight).
+        """
         annotations = pod.metadata.annotations or {}
         if pod.status.phase != "Running" or pod.metadata.deletion_timestamp is not None:
+            return False
+        if annotations.get(HOLD_ANNOTATION) == "true":
             return False
         if LOGS_READY_ANNOTATION in annotations or RECORDING_ERROR_ANNOTATION in annotations:
             return False

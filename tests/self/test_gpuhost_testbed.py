@@ -31,8 +31,12 @@ def test_plugin_pod_that_cannot_start_ends_the_wait_with_the_kubelets_reason(
         "/opt/kga/bin/nvidia-cdi-hook",
         "selftest",
     )
-    # The DaemonSet as gpuhost makes it, moved into this test's namespace, onto the (tainted) real node only.
-    ds["metadata"].update(name="gpuhost-selftest-plugin", namespace=testbed_namespace)
+    # The DaemonSet as gpuhost makes it, moved into this test's namespace, onto the (tainted) real node only,
+    # and without the name and labels by which the suite recognises a device plugin: while its namespace is
+    # being deleted, later suite runs would otherwise count an unready plugin (seen in a CI rehearsal).
+    ds["metadata"].update(
+        name="gpuhost-selftest-plugin", namespace=testbed_namespace, labels={"test": "gpuhost"}
+    )
     ds["spec"]["selector"] = {"matchLabels": {"name": "gpuhost-selftest-plugin"}}
     template = ds["spec"]["template"]
     template["metadata"]["labels"] = {"name": "gpuhost-selftest-plugin"}

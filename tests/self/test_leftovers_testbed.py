@@ -46,8 +46,12 @@ def test_sigkill_during_the_probe_pod_wait_is_reaped_by_the_next_run(
 ):
     killed = f"selftest-{uuid.uuid4().hex[:8]}"
     environ = {**os.environ, **testbed.env, "GPU_ACCEPTANCE_RUN_ID": killed}
+    # Held by the testbed (no log until removed): the kill lands during the probe pod wait, whatever the load.
     command = suite_command(
-        tmp_path / "reports", f"--kubeconfig={testbed.kubeconfig}", f"--pod-annotation={RECORDING}=h100"
+        tmp_path / "reports",
+        f"--kubeconfig={testbed.kubeconfig}",
+        f"--pod-annotation={RECORDING}=h100",
+        "--pod-annotation=testbed.k8s-gpu-acceptance.io/hold=true",
     )
     process = subprocess.Popen(
         command, cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

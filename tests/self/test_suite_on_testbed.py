@@ -17,6 +17,7 @@ import boto3
 from suiterun import assert_nothing_left, suite_command
 
 RECORDING = "testbed.k8s-gpu-acceptance.io/recording"
+HOLD_ANNOTATION = "testbed.k8s-gpu-acceptance.io/hold"  # testbed/controller.py: no log until removed
 SECRET_MARKER = "do-not-leak"
 
 
@@ -148,8 +149,13 @@ def test_refused_s3_upload_keeps_local_reports_and_says_so(run_suite, testbed):
 def test_ctrl_c_while_the_probe_pod_exists_cleans_up(testbed, core, leftovers, tmp_path):
     run_id = f"selftest-{uuid.uuid4().hex[:8]}"
     environ = {**os.environ, **testbed.env, "GPU_ACCEPTANCE_RUN_ID": run_id}
+    # Held: the testbed serves no log until the run is interrupted, so Ctrl-C lands during the pod wait
+    # (without it, a loaded machine once delivered the watch event after the whole run had finished).
     command = suite_command(
-        tmp_path / "reports", f"--kubeconfig={testbed.kubeconfig}", f"--pod-annotation={RECORDING}=h100"
+        tmp_path / "reports",
+        f"--kubeconfig={testbed.kubeconfig}",
+        f"--pod-annotation={RECORDING}=h100",
+        f"--pod-annotation={HOLD_ANNOTATION}=true",
     )
     process = subprocess.Popen(
         command, cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
