@@ -76,7 +76,8 @@ def parse_document(text: str | bytes) -> dict[str, Any]:
             doc, _end = decoder.raw_decode(text, match.start())
         except json.JSONDecodeError as exc:
             if first_failure is None:
-                truncated = exc.pos >= len(text.rstrip())
+                # A cut inside a string reports the string's start, not the end of the text: still a cut.
+                truncated = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
                 first_failure = (
                     f"the document starting at character {match.start()} is not valid JSON "
                     f"({exc.msg} at line {exc.lineno} column {exc.colno}: "

@@ -23,6 +23,7 @@ from suiterun import SuiteRun
 
 from k8s_gpu_acceptance.history import key_figures
 from k8s_gpu_acceptance.nightly import REGRESSION_EXIT
+from k8s_gpu_acceptance.regression import Policy
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 PREFIX = "nightly"
@@ -79,10 +80,16 @@ def test_three_runs_make_a_baseline_and_a_slower_run_is_a_regression(
     recorded = {name: v for name, v in verdicts(third).items() if name != "time_to_verdict_s"}
     assert set(recorded.values()) == {"same"}, verdicts(third)
     bf16 = next(m for m in regressions["metrics"] if m["metric"] == "bf16_tflops")
-    assert bf16["baseline"]["runs"] == 2 and bf16["baseline"]["median"] == bf16["value"] == 785.1
+    recorded_bf16 = key_figures(parse_document((RECORDINGS / "h100.log").read_text(encoding="utf-8")), None)[
+        "bf16_tflops"
+    ]
+    assert bf16["baseline"]["runs"] == 2 and bf16["baseline"]["median"] == bf16["value"] == recorded_bf16
     html = (third.report_dir / "report.html").read_text(encoding="utf-8")
     assert "Baseline: the last 2 comparable runs" in html
-    assert re.search(r'data-figure="bf16_tflops">.*?785.1 TFLOP/s ± 78.51 TFLOP/s \(2 runs\)', html)
+    # the spread shown is the relative floor of the median (two equal runs have no spread of their own)
+    floor = recorded_bf16 * Policy().min_change
+    spread = re.escape(f"{recorded_bf16:.1f} TFLOP/s ± {floor:.2f} TFLOP/s (2 runs)")
+    assert re.search(rf'data-figure="bf16_tflops">.*?{spread}', html)
     assert html.count('<svg xmlns="http://www.w3.org/2000/svg" class="trend"') >= 8
     assert third.report["title"].startswith("GPU acceptance: ") and "NVIDIA H100 80GB HBM3" in html
 

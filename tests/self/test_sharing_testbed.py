@@ -24,6 +24,14 @@ MANAGED = "app.kubernetes.io/managed-by=k8s-gpu-acceptance"
 TIMESLICE_RECORDINGS = ["timeslice-exclusive", *(f"timeslice-4-{i}" for i in range(4))]
 
 
+def h100_uuid() -> str:
+    """The GPU UUID of h100.log, the recording the testbed serves a GPU pod by default."""
+    text = (RECORDINGS / "h100.log").read_text(encoding="utf-8")
+    document = json.loads(text[text.index('{\n  "schema_version"') :])
+    (gpu,) = document["layers"]["driver"]["metrics"]["gpus"]
+    return str(gpu["uuid"])
+
+
 class Run:
     def __init__(self, done: subprocess.CompletedProcess[str], run_id: str, report_dir: Path) -> None:
         self.ret = done.returncode
@@ -95,9 +103,7 @@ def test_isolation_pods_without_gpu_request_see_none(suite):
     assert run.ret == 0, run.output
     for variant in ("no-request", "visible-all", "visible-uuid"):
         assert run.sharing[f"isolation.{variant}"]["verdict"] == "isolated", run.sharing
-    assert run.sharing["isolation.visible-uuid"]["env"] == {
-        "NVIDIA_VISIBLE_DEVICES": "GPU-015810f2-a904-11ca-221a-329bc9346c09"
-    }
+    assert run.sharing["isolation.visible-uuid"]["env"] == {"NVIDIA_VISIBLE_DEVICES": h100_uuid()}
 
 
 def test_isolation_leak_fails_with_fixes_and_allow_envvar_sharing_records_it(suite):
@@ -146,9 +152,7 @@ def test_multi_container_reports_which_container_saw_which_uuid(suite):
     run = suite("sharing", "-k", "containers")
     assert run.ret == 0, run.output
     seen = run.sharing["multi_container"]
-    assert seen["uuids_seen"]["probe (requests nvidia.com/gpu)"] == [
-        "GPU-015810f2-a904-11ca-221a-329bc9346c09"
-    ]
+    assert seen["uuids_seen"]["probe (requests nvidia.com/gpu)"] == [h100_uuid()]
     assert seen["uuids_seen"]["shared (no request)"] == [] and seen["mode"].startswith("not shared")
     shared = suite("sharing", "-k", "containers", f"--pod-annotation={RECORDING}=h100")
     assert shared.ret == 0 and shared.sharing["multi_container"]["mode"].startswith("shared"), shared.output

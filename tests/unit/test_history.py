@@ -49,11 +49,12 @@ def record(night: int, figures: dict[str, float], **key: str) -> RunRecord:
 def test_key_figures_of_the_real_h100_recording() -> None:
     document = parse_document((RECORDINGS / "h100.log").read_text())
     figures = key_figures(document, time_to_verdict_s=21.5)
-    assert figures["gpt2_p50_ms"] == 6.55 and figures["gpt2_p95_ms"] == 7.283
-    assert figures["gpt2_ttft_ms"] == 9.603 and figures["gpt2_tokens_per_s"] == 141.23
-    assert figures["bf16_tflops"] == 785.1 and figures["memory_bandwidth_gbps"] == 3008.1
-    assert figures["tflops_ratio"] == 0.794 and figures["bandwidth_ratio"] == 0.898
-    assert figures["probe_duration_s"] == 14.823 and figures["time_to_verdict_s"] == 21.5
+    assert figures["gpt2_p50_ms"] == 11.024 and figures["gpt2_p95_ms"] == 11.788
+    assert figures["gpt2_ttft_ms"] == 15.855 and figures["gpt2_tokens_per_s"] == 93.38
+    assert figures["gpt2_decode_step_graph_ms"] == 0.8631
+    assert figures["bf16_tflops"] == 777.3 and figures["memory_bandwidth_gbps"] == 2998.2
+    assert figures["tflops_ratio"] == 0.786 and figures["bandwidth_ratio"] == 0.895
+    assert figures["probe_duration_s"] == 8.606 and figures["time_to_verdict_s"] == 21.5
 
 
 def test_cpu_fallback_and_failed_layers_give_no_figures() -> None:

@@ -61,10 +61,11 @@ def test_three_runs_then_a_slow_one(tmp_path: Path) -> None:
     assert slow.assessment is not None
     verdicts = {name: j.verdict for name, j in slow.assessment.judgements.items() if j.value is not None}
     assert verdicts["gpt2_p50_ms"] == "worse" and verdicts["gpt2_tokens_per_s"] == "worse"
+    assert verdicts["gpt2_decode_step_graph_ms"] == "worse"  # the default gate: h100.log measures it
     assert verdicts["bf16_tflops"] == "same" and verdicts["memory_bandwidth_gbps"] == "same"
-    assert slow.regressions == ["gpt2_p50_ms"] and slow.fails_run
+    assert slow.regressions == ["gpt2_decode_step_graph_ms", "gpt2_p50_ms"] and slow.fails_run
     document = slow.as_dict()
-    assert document["regressions"]["regressions"] == ["gpt2_p50_ms"]
+    assert document["regressions"]["regressions"] == ["gpt2_decode_step_graph_ms", "gpt2_p50_ms"]
     assert document["history"]["record_locations"] == slow.written_to
 
 

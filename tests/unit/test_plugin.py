@@ -47,9 +47,12 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     return pytester
 
 
-def with_recording(pytester: pytest.Pytester, name: str, extra_conftest: str = "") -> None:
-    """The layer tests of tests/gpu, with `probe_run` reading a recording instead of running the probe."""
-    conftest = RECORDING_CONFTEST.format(name=name, path=str(RECORDINGS / f"{name}.log"))
+def with_recording(
+    pytester: pytest.Pytester, name: str, extra_conftest: str = "", path: Path | None = None
+) -> None:
+    """The layer tests of tests/gpu, with `probe_run` reading a recording (or a log at `path` derived from
+    one) instead of running the probe."""
+    conftest = RECORDING_CONFTEST.format(name=name, path=str(path or RECORDINGS / f"{name}.log"))
     pytester.makeconftest(conftest + textwrap.dedent(extra_conftest))
     for module in LAYER_TESTS:
         pytester.makepyfile(**{module: (REPO / "tests" / "gpu" / f"{module}.py").read_text(encoding="utf-8")})
@@ -261,7 +264,7 @@ class TestFixtureChain:
         )
         result = suite.runpytest("--target=local", "-m", "gpu or not gpu", "--report-dir=out")
         result.assert_outcomes(passed=5, failed=1)  # spec + 4 layers; gpt2 over the 1 ms budget
-        result.stdout.fnmatch_lines(["*gpt2: p95 per-token latency 7.283 ms > limit 1 ms*"])
+        result.stdout.fnmatch_lines(["*gpt2: p95 per-token latency 11.79 ms > limit 1 ms*"])
 
     def test_the_h100_recording_passes_every_probe_layer_and_the_report_reads_the_document(self, suite):
         with_recording(suite, "h100")

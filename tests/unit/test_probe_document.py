@@ -109,6 +109,13 @@ def test_truncated_message_names_json_error() -> None:
         parse_document(DOC_TEXT[: len(DOC_TEXT) // 2])
 
 
+def test_cut_inside_a_string_is_named_truncated() -> None:
+    """json reports a cut string at the string's start; the message must still say the output ends there."""
+    cut = DOC_TEXT.index('"schema_version"') + len('"schema_version": "1')
+    with pytest.raises(ProbeOutputError, match=r"Unterminated string.*truncated"):
+        parse_document(DOC_TEXT[:cut])
+
+
 def test_garbled_middle_message() -> None:
     with pytest.raises(ProbeOutputError, match=r"garbled output"):
         parse_document(DOC_TEXT.replace('"exit_code": 0', '"exit_code": 0 0') + "\nmore log\n")

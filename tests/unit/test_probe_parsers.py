@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 H100 = DATA / "h100"
-UUID = "GPU-015810f2-a904-11ca-221a-329bc9346c09"
+UUID = "GPU-015810f2-a904-11ca-221a-329bc9346c09"  # the GPU of the captures in tests/data/h100/
+H100_LOG_UUID = "GPU-f26e483c-f2d3-e076-3a92-ed1896740be4"  # the GPU of tests/data/recordings/h100.log
 
 
 def read(name: str) -> str:
@@ -194,7 +195,8 @@ def test_nvml_raw_values_recorded_on_h100_normalise_to_the_metrics() -> None:
     (gpu,) = [normalise_nvml_gpu(g) for g in raw["gpus_raw"]]
     assert gpu == driver["metrics"]["gpus"][0]
     assert gpu["name"] == "NVIDIA H100 80GB HBM3"
-    assert gpu["uuid"] == UUID
+    # NVML agrees with /proc/driver/nvidia/gpus
+    assert gpu["uuid"] == driver["evidence"]["proc_gpus"][0]["uuid"] == H100_LOG_UUID
     assert gpu["memory_total_mib"] == 81559
     assert gpu["persistence_mode"] == "Enabled"
     assert gpu["mig_mode"] == "Disabled"

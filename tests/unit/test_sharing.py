@@ -176,7 +176,7 @@ def test_privileged_gpu_pods_are_listed_only_when_live_and_requesting():
 
 def test_h100_recording_sees_its_gpu():
     sight = gpu_sight(_doc("h100"))
-    assert sight.sees_gpu and sight.uuids == ("GPU-015810f2-a904-11ca-221a-329bc9346c09",)
+    assert sight.sees_gpu and sight.uuids == ("GPU-f26e483c-f2d3-e076-3a92-ed1896740be4",)
     assert sight.torch_devices == 1 and "/dev/nvidia0" in sight.device_nodes
 
 
