@@ -413,7 +413,7 @@ def bundle_members(bindir: Path, nvidia_bindir: Path) -> list[tuple[str, Path]]:
 
 def compress(source: Path, cache: Path) -> Member:
     """xz -9 one binary, cached by content (a rebuilt binary is compressed again, an unchanged one not)."""
-    digest = sha256_file(source)
+    digest = images.sha256_file(source)
     out = cache / f"{digest}.xz"
     if not out.exists():
         tmp = out.with_suffix(".tmp")
@@ -421,15 +421,6 @@ def compress(source: Path, cache: Path) -> Member:
             subprocess.run(["xz", "-9", "-T1", "-c", str(source)], stdout=fh, check=True)
         os.replace(tmp, out)
     return Member(name=source.name, xz=out.name, sha256=digest, size=source.stat().st_size)
-
-
-def sha256_file(path: Path) -> str:
-    """Digest in 1 MiB reads (binaries are up to 140 MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_bundle(out_dir: Path, max_part_mib: float = 58.0) -> list[Path]:
@@ -499,12 +490,12 @@ def unpack(part_dirs: list[Path], bindir: Path) -> Path:
             if (
                 target.is_file()
                 and target.stat().st_size == member.size
-                and sha256_file(target) == member.sha256
+                and images.sha256_file(target) == member.sha256
             ):
                 continue
             with lzma.open(pdir / member.xz) as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            if sha256_file(target) != member.sha256:
+            if images.sha256_file(target) != member.sha256:
                 raise TestbedError(
                     f"{target}: digest differs from the bundle's: a part was damaged in transit"
                 )
