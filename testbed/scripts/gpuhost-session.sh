@@ -1,0 +1,56 @@
+#!/bin/bash
+# The whole issue-10 sequence on a GPU host without network, as the H100 runs of 2026-11-25 used it (see
+# docs/h100-gpu-host-2026-11-25/): unpack the bundle, `up --gpu-host` with a small probe image, the suite,
+# the torch probe image, the suite again with all 8 layers, time-slicing and the sharing checks, `down`,
+# `check-clean`. Every step has a share of a time budget, so a run cut short still leaves its results.
+#
+# Before (on a machine with Go): python -m testbed bundle --out .gpuhost/bundle; the suite's wheels in
+# .gpuhost/wheels (the project's own: pip wheel --no-deps -w .gpuhost/wheels .; its dependencies for the
+# host's Python: see testbed/README.md, "A real GPU host").
+# Usage, in the repository copy on the GPU host: bash testbed/scripts/gpuhost-session.sh BUDGET_S OUTDIR PART...
+set -u
+export PYTHONUNBUFFERED=1
+B=${1:?budget seconds}; R=${2:?output dir}; shift 2; PARTS=("$@")
+T0=$(date +%s); W=$PWD; TMP=/tmp/kga-out
+left() { echo $(( B - ($(date +%s) - T0) )); }
+el() { echo "[gpuhost +$(( $(date +%s) - T0 ))s] $*" | tee -a "$R/steps.txt"; }
+pack() { tar czf "$R/$1.tgz" -C "$TMP" "$1" 2>/dev/null; }
+mkdir -p "$R" "$TMP"/{small,full,shared,rest}
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpuhost/wheels/*.whl
+export PYTHONPATH=/tmp/site:$W
+el "wheels in; $(nvidia-smi -L | tr '\n' ' ')"
+python3 -m testbed unpack-bundle "${PARTS[@]}" --bin-dir /opt/kga/bin 2>&1 | tail -1
+TP=$(python3 -c 'import sys, torch; print(sys.executable)'); SP=/usr/bin/python3
+el "torch interpreter $TP; small image from $SP"
+timeout $(( $(left) * 2 / 10 )) python3 -m testbed up --gpu-host --bin-dir /opt/kga/bin --python $SP > "$R/up.log" 2>&1
+el "up rc=$?"; tail -3 "$R/up.log"
+eval "$(python3 -m testbed env)"
+SMALL=$(python3 -c 'from testbed import lifecycle as l; s,_=l.status(); print(l.testbed_of(s, False).probe_image)')
+setsid nohup python3 -m testbed gpu-host-image --python "$TP" > "$R/image.log" 2>&1 < /dev/null &
+# The suite from wheels: -P and importlib mode keep the checkout's package from shadowing the installed one.
+PYT="python3 -P -m pytest -p no:cacheprovider --import-mode=importlib -o pythonpath=container --target k8s --model=random-gpt2-small"
+timeout $(( $(left) / 4 )) $PYT -m gpu --image="$SMALL" --report-dir="$TMP/small" > "$TMP/small/pytest.txt" 2>&1
+el "small-image run rc=$? ($(tail -1 "$TMP/small/pytest.txt"))"; pack small
+while [ "$(left)" -gt 120 ] && pgrep -f "testbed gpu-host-image" > /dev/null; do sleep 1; done
+BIG=$(grep '^k8s-gpu-acceptance.local' "$R/image.log" | tail -1)
+el "torch image: ${BIG:-not ready}; $(grep -E 'probe image|imported' "$R/image.log" | tr '\n' ' ')"
+K=/opt/kga/bin/kubectl
+if [ -n "$BIG" ]; then
+  timeout $(( $(left) / 3 )) $PYT -m gpu --image="$BIG" --report-dir="$TMP/full" --keep > "$TMP/full/pytest.txt" 2>&1
+  el "torch-image run rc=$? ($(tail -1 "$TMP/full/pytest.txt"))"
+  for p in $($K get pods -A -l k8s-gpu-acceptance/role=probe -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{"\n"}{end}'); do
+    $K logs -n "${p%/*}" "${p#*/}" > "$TMP/full/pod-${p#*/}.log" 2>&1
+  done
+  $K get nodes -o yaml > "$TMP/full/nodes.yaml" 2>&1; pack full
+  if [ "$(left)" -gt 150 ]; then
+    timeout 120 python3 -m testbed up --gpu-host --bin-dir /opt/kga/bin --python $SP --time-slicing 4 >> "$R/up.log" 2>&1
+    el "time-slicing 4: rc=$?"
+    timeout $(( $(left) - 40 )) $PYT -m sharing --image="$BIG" --report-dir="$TMP/shared" > "$TMP/shared/pytest.txt" 2>&1
+    el "sharing run rc=$? ($(tail -1 "$TMP/shared/pytest.txt"))"; pack shared
+  fi
+fi
+pkill -f "testbed gpu-host-image" 2>/dev/null
+cp -r ~/.cache/k8s-gpu-acceptance/state/node/logs "$TMP/rest/node-logs" 2>/dev/null
+timeout 30 python3 -m testbed down > "$TMP/rest/down.txt" 2>&1; el "down rc=$?"
+python3 -m testbed check-clean > "$TMP/rest/check-clean.txt" 2>&1; el "check-clean rc=$?"
+pack rest; el "done"
