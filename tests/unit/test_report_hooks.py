@@ -57,8 +57,12 @@ def test_baseline_then_regression_exit_7_then_warn(suite: pytest.Pytester, tmp_p
     ).read_text(encoding="utf-8")
 
 
-REGRESSION_STATISTIC = ("regression_metric", "decode_step_graph_ms", "decode_step_graph_ms_p10_p90",
-                        "decode_step_graph_replays")
+REGRESSION_STATISTIC = (
+    "regression_metric",
+    "decode_step_graph_ms",
+    "decode_step_graph_ms_p10_p90",
+    "decode_step_graph_replays",
+)
 
 
 def without_regression_statistic(text: str) -> str:
