@@ -13,6 +13,7 @@ DaemonSet, with GPU Feature Discovery's labels. This module owns:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -153,8 +154,113 @@ def sharing_config(time_slicing_replicas: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Where NVIDIA's plugin looks for libnvidia-ml.so.1 under its driver root (k8s-device-plugin v0.19.1,
+# cmd/nvidia-device-plugin/root.go). Anywhere else it asks the container's own loader, which knows nothing of
+# the host's: "CDI --device-list-strategy options are only supported on NVML-based systems" (the first run
+# on the H100, whose driver lives in /usr/local/nvidia/lib64).
+PLUGIN_LIBRARY_DIRS = (
+    "/usr/lib64",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib64",
+    "/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+)
+# The toolkit's CDI generator finds libcuda.so through those directories or the root's ld.so.cache; a host
+# that reaches its driver only through LD_LIBRARY_PATH gets this file (and `ldconfig`) until `down`.
+LD_CONF = Path("/etc/ld.so.conf.d/k8s-gpu-acceptance-testbed.conf")
+
+
+@dataclass(frozen=True)
+class DriverLibraries:
+    """Where the host's dynamic loader finds the NVIDIA driver's libraries, and whether ld.so.cache has it."""
+
+    directory: str  # real path of the directory holding libnvidia-ml.so.1
+    in_ld_cache: bool
+
+    def plugin_env(self) -> list[dict[str, str]]:
+        """The plugin container's environment: LD_LIBRARY_PATH under the driver root where it is needed."""
+        if self.directory in PLUGIN_LIBRARY_DIRS:
+            return []
+        return [{"name": "LD_LIBRARY_PATH", "value": DRIVER_ROOT_CTR + self.directory}]
+
+    def describe(self) -> str:
+        """One line for `up`'s output."""
+        cache = "in ld.so.cache" if self.in_ld_cache else "NOT in ld.so.cache"
+        env = self.plugin_env()
+        return f"driver libraries in {self.directory} ({cache}); plugin env {env[0]['value'] if env else '-'}"
+
+
+def loaded_library_path(name: str) -> Path | None:
+    """Where the host's loader finds a library (ld.so.cache or LD_LIBRARY_PATH alike), read from our maps."""
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return None
+    stem = name.split(".so")[0] + ".so"
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and Path(fields[5]).name.startswith(stem):
+            return Path(fields[5])
+    return None
+
+
+def ld_cache_dirs(ldconfig_output: str) -> set[str]:
+    """Directories (real paths) that `ldconfig -p` serves libraries from."""
+    return {
+        os.path.realpath(os.path.dirname(line.rsplit("=> ", 1)[1].strip()))
+        for line in ldconfig_output.splitlines()
+        if "=> " in line
+    }
+
+
+def ldconfig() -> str:
+    """The host's ldconfig (Debian and Ubuntu keep it in /sbin, often off a non-root PATH)."""
+    return shutil.which("ldconfig") or "/sbin/ldconfig"
+
+
+def driver_libraries() -> DriverLibraries:
+    """Find the driver's libraries as the host's own programs (nvidia-smi, torch) find them."""
+    nvml = loaded_library_path("libnvidia-ml.so.1")
+    if nvml is None:
+        raise TestbedError(
+            "this host's dynamic loader cannot find libnvidia-ml.so.1: install the NVIDIA driver, or add the "
+            "directory that holds its libraries to /etc/ld.so.conf.d/ and run ldconfig"
+        )
+    proc = subprocess.run([ldconfig(), "-p"], capture_output=True, text=True, timeout=60, check=False)
+    directory = os.path.realpath(nvml.parent)
+    return DriverLibraries(directory, directory in ld_cache_dirs(proc.stdout))
+
+
+def register_driver_libraries(libs: DriverLibraries) -> bool:
+    """Put the driver's directory in ld.so.cache if it is not (the CDI generator reads it); True if we did."""
+    if libs.in_ld_cache or libs.directory in PLUGIN_LIBRARY_DIRS:
+        return False
+    LD_CONF.write_text(
+        f"# k8s-gpu-acceptance testbed (GPU host); removed by `python -m testbed down`\n{libs.directory}\n"
+    )
+    subprocess.run([ldconfig()], check=True, timeout=120)
+    log(f"added {libs.directory} to ld.so.cache through {LD_CONF} (undone by down)")
+    return True
+
+
+def unregister_driver_libraries() -> list[str]:
+    """Undo register_driver_libraries; returns problems."""
+    try:
+        LD_CONF.unlink(missing_ok=True)
+        subprocess.run([ldconfig()], check=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [f"cannot remove {LD_CONF} or rerun ldconfig: {exc}"]
+    log(f"removed {LD_CONF}")
+    return []
+
+
 def device_plugin_daemonset(
-    image: str, plugin_path: str, cdi_hook_path: str, config_digest: str
+    image: str,
+    plugin_path: str,
+    cdi_hook_path: str,
+    config_digest: str,
+    env: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """NVIDIA's own device plugin as its Helm chart runs it with the CDI strategy (`cdi-cri`).
 
@@ -201,6 +307,7 @@ def device_plugin_daemonset(
                                 "--config-file=/config/config.yaml",
                                 "--fail-on-init-error=true",
                             ],
+                            "env": env or [],
                             "securityContext": {"privileged": True},
                             "volumeMounts": [
                                 {"name": "device-plugin", "mountPath": "/var/lib/kubelet/device-plugins"},
@@ -256,7 +363,11 @@ def apply_device_plugin(api_client: client.ApiClient, bindir: Path, replicas: in
         lambda: core.replace_namespaced_config_map(PLUGIN_CONFIGMAP, "kube-system", configmap),
     )
     ds = device_plugin_daemonset(
-        image, str(bindir / "nvidia-device-plugin"), str(bindir / "nvidia-cdi-hook"), config_digest(config)
+        image,
+        str(bindir / "nvidia-device-plugin"),
+        str(bindir / "nvidia-cdi-hook"),
+        config_digest(config),
+        driver_libraries().plugin_env(),
     )
     name = ds["metadata"]["name"]
     cluster.create_or_replace(

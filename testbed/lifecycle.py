@@ -187,6 +187,10 @@ def _start_gpu_host(host: gpuhost.GpuHost, t0: float) -> State:
         )
         start_real_node(state, bindir, sdir, options)
         t = step(f"real node {host.node_name} Ready", t)
+        libs = gpuhost.driver_libraries()
+        log(libs.describe())
+        state.gpu_host = {**state.gpu_host, "ld_conf": gpuhost.register_driver_libraries(libs)}
+        state.save()
         with cluster.api(Path(state.kubeconfig)) as c:
             gpus = gpuhost.configure_gpus(c, host, plugin_image(state), sdir / "gpuhost")
         step(f"NVIDIA device plugin {gpuhost.DEVICE_PLUGIN_VERSION} Ready, nvidia.com/gpu={gpus}", t)
@@ -339,6 +343,8 @@ def _down(state: State) -> None:
         t = step(f"real node {node.name} stopped", t)
     if state.gpu_host:
         problems += gpuhost.remove_cdi_specs(state.gpu_host.get("cdi_before", []))
+        if state.gpu_host.get("ld_conf"):
+            problems += gpuhost.unregister_driver_libraries()
     for name, proc in state.procs.items():
         if stop(proc):
             log(f"stopped {name} (pid {proc.pid})")

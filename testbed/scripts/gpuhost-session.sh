@@ -19,6 +19,7 @@ mkdir -p "$R" "$TMP"/{small,full,shared,rest}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpuhost/wheels/*.whl
 export PYTHONPATH=/tmp/site:$W
 el "wheels in; $(nvidia-smi -L | tr '\n' ' ')"
+el "host: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tr '\n' ' '); MPS control: $(command -v nvidia-cuda-mps-control || echo absent); $(nproc) cores"
 python3 -m testbed unpack-bundle "${PARTS[@]}" --bin-dir /opt/kga/bin 2>&1 | tail -1
 TP=$(python3 -c 'import sys, torch; print(sys.executable)'); SP=/usr/bin/python3
 el "torch interpreter $TP; small image from $SP"
