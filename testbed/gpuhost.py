@@ -178,6 +178,11 @@ class DriverLibraries:
     directory: str  # real path of the directory holding libnvidia-ml.so.1
     in_ld_cache: bool
 
+    @property
+    def nvml(self) -> str:
+        """The host's libnvidia-ml.so.1."""
+        return f"{self.directory}/libnvidia-ml.so.1"
+
     def plugin_env(self) -> list[dict[str, str]]:
         """The plugin container's environment: LD_LIBRARY_PATH under the driver root where it is needed."""
         if self.directory in PLUGIN_LIBRARY_DIRS:
@@ -729,12 +734,17 @@ def add_probe_image(python: str) -> str:
     return image.name
 
 
-def plugin_image_spec(bindir: Path) -> images.ImageSpec:
-    """NVIDIA's device plugin image from the built binary and the glibc it links (found with ldd)."""
+def plugin_image_spec(bindir: Path, nvml_dependencies: tuple[str, ...] = ()) -> images.ImageSpec:
+    """NVIDIA's device plugin image: the built binary, the glibc it links, and what the host's NVML links.
+
+    The plugin links only libc; it dlopens libnvidia-ml.so.1 from the driver root, and that library needs
+    libm, libdl, libpthread and librt, which must be in the image or the dlopen fails and the plugin says
+    "only supported on NVML-based systems" (the second H100 run). NVML itself stays the host's.
+    """
     return images.ImageSpec(
         repository=PLUGIN_REPOSITORY,
         tag_prefix=DEVICE_PLUGIN_VERSION,
-        paths=(str(bindir / "nvidia-device-plugin"),),
+        paths=(str(bindir / "nvidia-device-plugin"), *nvml_dependencies),
         env=("PATH=/usr/bin:/bin",),
         cmd=(str(bindir / "nvidia-device-plugin"),),
     )
@@ -743,6 +753,8 @@ def plugin_image_spec(bindir: Path) -> images.ImageSpec:
 def node_options(host: GpuHost) -> NodeOptions:
     """The real node of a GPU host: no fake plugin, no taint (the only node), torch in the probe image."""
     paths, _ = python_environment(host.python)
+    libs = driver_libraries()  # fails early, before any cluster exists, on a host without a driver
+    nvml_dependencies = tuple(sorted(images.shared_libraries([libs.nvml])))
     return NodeOptions(
         name=host.node_name,
         fake_gpus=0,
@@ -751,7 +763,7 @@ def node_options(host: GpuHost) -> NodeOptions:
         stream_probe_image=True,
         taints=(),
         labels=(),
-        extra_images=(("nvidia-device-plugin", plugin_image_spec(Path(host.bin_dir))),),
+        extra_images=(("nvidia-device-plugin", plugin_image_spec(Path(host.bin_dir), nvml_dependencies)),),
         ready_timeout_s=180.0,
     )
 

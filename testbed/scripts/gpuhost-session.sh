@@ -24,7 +24,10 @@ python3 -m testbed unpack-bundle "${PARTS[@]}" --bin-dir /opt/kga/bin 2>&1 | tai
 TP=$(python3 -c 'import sys, torch; print(sys.executable)'); SP=/usr/bin/python3
 el "torch interpreter $TP; small image from $SP"
 timeout $(( $(left) * 2 / 10 )) python3 -m testbed up --gpu-host --bin-dir /opt/kga/bin --python $SP > "$R/up.log" 2>&1
-el "up rc=$?"; tail -3 "$R/up.log"
+UP=$?; el "up rc=$UP"; tail -3 "$R/up.log"
+if [ $UP -ne 0 ]; then  # nothing below can pass without the cluster: spend no more of the budget
+  el "up failed: $(grep -E 'testbed: |error' "$R/up.log" | tail -2 | tr '\n' ' ')"
+else
 eval "$(python3 -m testbed env)"
 SMALL=$(python3 -c 'from testbed import lifecycle as l; s,_=l.status(); print(l.testbed_of(s, False).probe_image)')
 setsid nohup python3 -m testbed gpu-host-image --python "$TP" > "$R/image.log" 2>&1 < /dev/null &
@@ -49,6 +52,7 @@ if [ -n "$BIG" ]; then
     timeout $(( $(left) - 40 )) $PYT -m sharing --image="$BIG" --report-dir="$TMP/shared" > "$TMP/shared/pytest.txt" 2>&1
     el "sharing run rc=$? ($(tail -1 "$TMP/shared/pytest.txt"))"; pack shared
   fi
+fi
 fi
 pkill -f "testbed gpu-host-image" 2>/dev/null
 cp -r ~/.cache/k8s-gpu-acceptance/state/node/logs "$TMP/rest/node-logs" 2>/dev/null

@@ -135,3 +135,12 @@ def test_python_environment_of_this_interpreter_and_one_without_torch(tmp_path):
     assert torch_version  # the dev environment has torch
     with pytest.raises(TestbedError, match="cannot run"):
         gpuhost.python_environment(str(tmp_path / "no-python"))
+
+
+def test_plugin_image_carries_what_the_hosts_nvml_links(tmp_path):
+    # The second H100 run: the image had only the plugin's libc, so dlopen of the host's NVML failed.
+    spec = gpuhost.plugin_image_spec(tmp_path, ("/lib/x86_64-linux-gnu/libm.so.6",))
+    assert spec.paths == (str(tmp_path / "nvidia-device-plugin"), "/lib/x86_64-linux-gnu/libm.so.6")
+    assert gpuhost.DriverLibraries("/usr/local/nvidia/lib64", True).nvml == (
+        "/usr/local/nvidia/lib64/libnvidia-ml.so.1"
+    )
