@@ -453,6 +453,23 @@ def wait_gpus_advertised(
             break
 
 
+def gfd_command(bindir: Path, output: Path, config_file: Path) -> list[str]:
+    """GFD once, as a host process, into a labels file.
+
+    Off the NodeFeature API (its default needs an in-cluster client: "KUBERNETES_SERVICE_HOST and
+    KUBERNETES_SERVICE_PORT must be defined", the third H100 run) and with the host's own root as driver root.
+    """
+    return [
+        str(bindir / "gpu-feature-discovery"),
+        "--oneshot",
+        "--no-timestamp",
+        "--use-node-feature-api=false",
+        "--driver-root-ctr-path=/",
+        f"--output-file={output}",
+        f"--config-file={config_file}",
+    ]
+
+
 def apply_gfd_labels(
     api_client: client.ApiClient, node: str, bindir: Path, config: str, work: Path
 ) -> dict[str, str]:
@@ -461,13 +478,7 @@ def apply_gfd_labels(
     (work / "gfd-config.yaml").write_text(config)
     output = work / "gfd-labels"
     proc = subprocess.run(
-        [
-            str(bindir / "gpu-feature-discovery"),
-            "--oneshot",
-            "--no-timestamp",
-            f"--output-file={output}",
-            f"--config-file={work / 'gfd-config.yaml'}",
-        ],
+        gfd_command(bindir, output, work / "gfd-config.yaml"),
         capture_output=True,
         text=True,
         timeout=120,

@@ -144,3 +144,10 @@ def test_plugin_image_carries_what_the_hosts_nvml_links(tmp_path):
     assert gpuhost.DriverLibraries("/usr/local/nvidia/lib64", True).nvml == (
         "/usr/local/nvidia/lib64/libnvidia-ml.so.1"
     )
+
+
+def test_gfd_runs_once_into_a_file_without_the_node_feature_api(tmp_path):
+    cmd = gpuhost.gfd_command(tmp_path, tmp_path / "labels", tmp_path / "c.yaml")
+    assert cmd[0] == str(tmp_path / "gpu-feature-discovery")
+    assert {"--oneshot", "--use-node-feature-api=false", "--driver-root-ctr-path=/"} <= set(cmd)
+    assert f"--output-file={tmp_path / 'labels'}" in cmd
