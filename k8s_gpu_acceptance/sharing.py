@@ -221,8 +221,12 @@ def gpu_sight(document: ProbeDocument | Mapping[str, Any]) -> GpuSight:
     doc = ProbeDocument.of(document)
     driver, smi, torch = doc.metrics("driver"), doc.metrics("nvidia_smi"), doc.metrics("torch_cuda")
     gpu_nodes = tuple(d for d in driver.get("device_nodes") or [] if re.fullmatch(r"/dev/nvidia\d+", str(d)))
+    # Without NVML the driver layer lists the GPUs of /proc/driver/nvidia/gpus, which every container on a
+    # GPU node can read (procfs is the host's): a name and UUID, not access. The H100 cluster run's pods
+    # without a GPU request "saw" the H100 that way and isolation failed for nothing.
+    nvml_gpus = driver.get("gpus") or [] if driver.get("nvml_available", True) else []
     return GpuSight(
-        tuple(str(g.get("uuid")) for g in driver.get("gpus") or [] if g.get("uuid")),
+        tuple(str(g.get("uuid")) for g in nvml_gpus if g.get("uuid")),
         tuple(str(g.get("uuid")) for g in smi.get("gpus") or [] if g.get("uuid")),
         int(torch.get("device_count") or 0),
         gpu_nodes,

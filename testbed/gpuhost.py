@@ -177,6 +177,7 @@ class DriverLibraries:
 
     directory: str  # real path of the directory holding libnvidia-ml.so.1
     in_ld_cache: bool
+    host_path: str = "/usr/bin:/bin"  # the host's PATH: where its own nvidia-smi is found first
 
     @property
     def nvml(self) -> str:
@@ -184,16 +185,23 @@ class DriverLibraries:
         return f"{self.directory}/libnvidia-ml.so.1"
 
     def plugin_env(self) -> list[dict[str, str]]:
-        """The plugin container's environment: LD_LIBRARY_PATH under the driver root where it is needed."""
-        if self.directory in PLUGIN_LIBRARY_DIRS:
-            return []
-        return [{"name": "LD_LIBRARY_PATH", "value": DRIVER_ROOT_CTR + self.directory}]
+        """The plugin container's environment: the host's PATH, LD_LIBRARY_PATH under the driver root.
+
+        The CDI generator picks the driver's binaries (nvidia-smi, ...) from the directories on its own PATH
+        (under the driver root) before the defaults; with the image's /usr/bin:/bin it mounted the H100
+        host's /usr/bin/nvidia-smi, which could not start in the pod (ENOENT), while the host runs
+        /usr/local/nvidia/bin/nvidia-smi. The host's PATH makes it mount what the host itself runs.
+        """
+        env = [{"name": "PATH", "value": self.host_path}]
+        if self.directory not in PLUGIN_LIBRARY_DIRS:
+            env.append({"name": "LD_LIBRARY_PATH", "value": DRIVER_ROOT_CTR + self.directory})
+        return env
 
     def describe(self) -> str:
         """One line for `up`'s output."""
         cache = "in ld.so.cache" if self.in_ld_cache else "NOT in ld.so.cache"
-        env = self.plugin_env()
-        return f"driver libraries in {self.directory} ({cache}); plugin env {env[0]['value'] if env else '-'}"
+        env = " ".join(f"{e['name']}={e['value']}" for e in self.plugin_env())
+        return f"driver libraries in {self.directory} ({cache}); device plugin env {env}"
 
 
 def loaded_library_path(name: str) -> Path | None:
@@ -234,7 +242,8 @@ def driver_libraries() -> DriverLibraries:
         )
     proc = subprocess.run([ldconfig(), "-p"], capture_output=True, text=True, timeout=60, check=False)
     directory = os.path.realpath(nvml.parent)
-    return DriverLibraries(directory, directory in ld_cache_dirs(proc.stdout))
+    host_path = os.environ.get("PATH") or "/usr/bin:/bin"
+    return DriverLibraries(directory, directory in ld_cache_dirs(proc.stdout), host_path)
 
 
 def register_driver_libraries(libs: DriverLibraries) -> bool:

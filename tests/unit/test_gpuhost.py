@@ -57,11 +57,14 @@ def test_ld_cache_dirs_are_the_directories_ldconfig_serves():
 
 def test_plugin_gets_ld_library_path_only_for_a_driver_outside_its_search_paths():
     # The first H100 run: NVML in /usr/local/nvidia/lib64, the plugin fell back to the container's loader.
-    outside = gpuhost.DriverLibraries("/usr/local/nvidia/lib64", in_ld_cache=True)
+    outside = gpuhost.DriverLibraries("/usr/local/nvidia/lib64", True, "/usr/local/nvidia/bin:/usr/bin")
     assert outside.plugin_env() == [
-        {"name": "LD_LIBRARY_PATH", "value": "/driver-root/usr/local/nvidia/lib64"}
+        # The CDI generator looks for nvidia-smi on this PATH first (under the driver root): the host's own.
+        {"name": "PATH", "value": "/usr/local/nvidia/bin:/usr/bin"},
+        {"name": "LD_LIBRARY_PATH", "value": "/driver-root/usr/local/nvidia/lib64"},
     ]
-    assert gpuhost.DriverLibraries("/usr/lib/x86_64-linux-gnu", in_ld_cache=True).plugin_env() == []
+    standard = gpuhost.DriverLibraries("/usr/lib/x86_64-linux-gnu", in_ld_cache=True)
+    assert [e["name"] for e in standard.plugin_env()] == ["PATH"]
     ds = gpuhost.device_plugin_daemonset("img", "/p", "/h", "d", outside.plugin_env())
     assert ds["spec"]["template"]["spec"]["containers"][0]["env"] == outside.plugin_env()
     assert "NOT in ld.so.cache" in gpuhost.DriverLibraries("/opt/nv", in_ld_cache=False).describe()

@@ -185,6 +185,16 @@ def test_cpu_recording_sees_no_gpu():
     assert not sight.sees_gpu and sight.describe().startswith("no GPU")
 
 
+def test_a_gpu_readable_only_in_proc_is_not_access():
+    # Recorded on the H100 cluster (2026-11-25): a pod without a GPU request has no device node and no NVML,
+    # but the host's /proc/driver/nvidia/gpus names the H100; the driver layer lists it from there.
+    doc = _doc("h100-cluster-no-request")
+    assert doc["layers"]["driver"]["metrics"]["nvml_available"] is False
+    assert doc["layers"]["driver"]["metrics"]["gpus"][0]["uuid"].startswith("GPU-")
+    sight = gpu_sight(doc)
+    assert not sight.sees_gpu, sight.describe()
+
+
 def test_recordings_are_replayed_not_measured_by_the_pod():
     assert is_replayed(_doc("h100"), "gpu-mig-x")
     assert not is_replayed({"identity": {"pod_name": "gpu-mig-x"}}, "gpu-mig-x")

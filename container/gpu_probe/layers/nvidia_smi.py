@@ -15,12 +15,50 @@ FALLBACK_PATHS = ("/usr/bin/nvidia-smi", "/usr/local/nvidia/bin/nvidia-smi", "/u
 TIMEOUT_S = 20.0
 
 
+def nvidia_smi_candidates() -> list[str]:
+    """Executable nvidia-smi files: the one on PATH first, then the places runtimes mount it."""
+    found = [p for p in (shutil.which("nvidia-smi"), *FALLBACK_PATHS) if p]
+    runnable = [p for p in found if os.path.isfile(p) and os.access(p, os.X_OK)]
+    return list(dict.fromkeys(os.path.abspath(p) for p in runnable))
+
+
 def find_nvidia_smi() -> str | None:
     """nvidia-smi on PATH, else in the places the runtime mounts it."""
-    found = shutil.which("nvidia-smi")
-    if found:
-        return found
-    return next((p for p in FALLBACK_PATHS if os.path.isfile(p) and os.access(p, os.X_OK)), None)
+    return next(iter(nvidia_smi_candidates()), None)
+
+
+def program_interpreter(path: str) -> str | None:
+    """The interpreter the kernel needs to start a file: its `#!` line, or an ELF's PT_INTERP loader."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            if head.startswith(b"#!"):
+                return head[2:].split(b"\n", 1)[0].strip().split()[0].decode(errors="replace")
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
+                return None
+            phoff = int.from_bytes(head[32:40], "little")
+            phentsize = int.from_bytes(head[54:56], "little")
+            phnum = int.from_bytes(head[56:58], "little")
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                entry = table[i * phentsize : (i + 1) * phentsize]
+                if int.from_bytes(entry[0:4], "little") == 3:  # PT_INTERP
+                    offset = int.from_bytes(entry[8:16], "little")
+                    size = int.from_bytes(entry[32:40], "little")
+                    f.seek(offset)
+                    return f.read(size).rstrip(b"\0").decode(errors="replace")
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+def cannot_execute(path: str, exc: OSError) -> str:
+    """Why an existing nvidia-smi did not start: ENOENT on a file that exists is its missing interpreter."""
+    interpreter = program_interpreter(path)
+    if interpreter and not os.path.exists(interpreter):
+        return f"{path} cannot start: its interpreter {interpreter} is not in this container ({exc.strerror})"
+    return f"{path} cannot start: {exc.strerror or exc}"
 
 
 def _run(args: list[str]) -> tuple[int | None, str, str]:
@@ -52,7 +90,32 @@ def measure(ctx: Context, result: LayerResult) -> None:
             diagnose_nvidia_smi_missing(caps, expected, driver_present),
         )
         return
-    table_code, table, table_err = _run([path])
+    unstartable: list[str] = []
+    for candidate in nvidia_smi_candidates():  # the first that starts; a mount of the wrong build may not
+        try:
+            table_code, table, table_err = _run([candidate])
+        except OSError as exc:
+            unstartable.append(cannot_execute(candidate, exc))
+            continue
+        path = candidate
+        break
+    else:
+        result.metrics["unstartable"] = unstartable
+        result.set(
+            "fail",
+            "nvidia-smi is in the container but cannot start: " + "; ".join(unstartable),
+            {
+                "cause": "the nvidia-smi the runtime mounted needs a program loader or interpreter this "
+                "image lacks (a driver built for another root, e.g. a Nix-built driver whose binaries name "
+                "a /nix/store loader, or a wrapper script)",
+                "fix": "make the runtime mount the driver's runnable nvidia-smi (CDI: generate the spec with "
+                "the driver's own bin folder first on PATH), or use an image that has that loader",
+            },
+        )
+        return
+    result.metrics["path"] = path
+    if unstartable:
+        result.evidence["unstartable"] = unstartable
     csv_code, csv_text, csv_err = _run([path, SMI_QUERY_ARG, "--format=csv"])
     result.evidence.update({"table": table, "csv": csv_text, "query": SMI_QUERY_ARG + " --format=csv"})
     if table_err.strip() or csv_err.strip():
