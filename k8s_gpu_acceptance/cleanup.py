@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     from kubernetes import client
 
     core = client.CoreV1Api(connection.api)
+    resource = client.ResourceV1Api(connection.api)
     try:
-        found = leftovers.find_leftovers(core, REQUEST_TIMEOUT)
+        found = leftovers.find_leftovers(core, REQUEST_TIMEOUT, resource)
     except Exception as exc:
         print(f"cleanup: {describe_api_error(exc, connection.server)}", file=sys.stderr)
         return 2
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"would delete {item.leftover.ref()} ({item.reason})")
         print(f"cleanup: dry run: {len(plan)} object(s) would be deleted; pass --delete to delete them")
         return 0
-    result = leftovers.reap(core, plan, REQUEST_TIMEOUT)
+    result = leftovers.reap(core, plan, REQUEST_TIMEOUT, resource)
     for line in result.lines():
         print(line)
     print(

@@ -32,7 +32,7 @@ KEEP_TTL_S = 24 * 3600.0  # --keep: long enough to debug, and still not forever
 MANAGED_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY_VALUE}"
 PROC = Path("/proc")
 
-Kind = Literal["namespace", "configmap", "pod"]
+Kind = Literal["namespace", "configmap", "pod", "resourceclaimtemplate"]
 
 
 # --- who owns an object ------------------------------------------------------------------------------
@@ -260,8 +260,12 @@ def _leftover(kind: Kind, obj: Any) -> Leftover:
     )
 
 
-def find_leftovers(core: Any, request_timeout: tuple[float, float]) -> list[Leftover]:
-    """Every namespace, ConfigMap and pod labelled as the suite's, cluster-wide (three list calls)."""
+def find_leftovers(
+    core: Any, request_timeout: tuple[float, float], resource: Any | None = None
+) -> list[Leftover]:
+    """Every namespace, ConfigMap and pod labelled as the suite's, cluster-wide (three list calls), and with
+    `resource` (a ResourceV1Api) the ResourceClaimTemplates of --allocation dra (skipped where the cluster
+    does not serve resource.k8s.io/v1)."""
     found = [
         _leftover("namespace", ns)
         for ns in core.list_namespace(label_selector=MANAGED_SELECTOR, _request_timeout=request_timeout).items
@@ -278,10 +282,24 @@ def find_leftovers(core: Any, request_timeout: tuple[float, float]) -> list[Left
             label_selector=MANAGED_SELECTOR, _request_timeout=request_timeout
         ).items
     ]
+    if resource is not None:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            templates = resource.list_resource_claim_template_for_all_namespaces(
+                label_selector=MANAGED_SELECTOR, _request_timeout=request_timeout
+            ).items
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            templates = []
+        found += [_leftover("resourceclaimtemplate", t) for t in templates]
     return found
 
 
-def delete_leftover(core: Any, item: Leftover, request_timeout: tuple[float, float]) -> None:
+def delete_leftover(
+    core: Any, item: Leftover, request_timeout: tuple[float, float], resource: Any | None = None
+) -> None:
     """Request the deletion (background propagation); a 404 means someone was faster and is fine."""
     from kubernetes.client.rest import ApiException
 
@@ -291,6 +309,12 @@ def delete_leftover(core: Any, item: Leftover, request_timeout: tuple[float, flo
             core.delete_namespace(item.name, body=body, _request_timeout=request_timeout)
         elif item.kind == "configmap":
             core.delete_namespaced_config_map(item.name, item.namespace, _request_timeout=request_timeout)
+        elif item.kind == "resourceclaimtemplate":
+            if resource is None:
+                raise ValueError(f"{item.ref()}: deleting a ResourceClaimTemplate needs a ResourceV1Api")
+            resource.delete_namespaced_resource_claim_template(
+                item.name, item.namespace, _request_timeout=request_timeout
+            )
         else:
             core.delete_namespaced_pod(item.name, item.namespace, body=body, _request_timeout=request_timeout)
     except ApiException as exc:
@@ -310,12 +334,14 @@ class ReapResult:
         return out + [f"could not reap: {p}" for p in self.problems]
 
 
-def reap(core: Any, plan: Iterable[Reap], request_timeout: tuple[float, float]) -> ReapResult:
+def reap(
+    core: Any, plan: Iterable[Reap], request_timeout: tuple[float, float], resource: Any | None = None
+) -> ReapResult:
     """Delete what the plan says, each on its own (one failure does not stop the others)."""
     result = ReapResult([], [])
     for item in plan:
         try:
-            delete_leftover(core, item.leftover, request_timeout)
+            delete_leftover(core, item.leftover, request_timeout, resource)
         except Exception as exc:
             status = getattr(exc, "status", None)
             reason = getattr(exc, "reason", None) or type(exc).__name__

@@ -27,7 +27,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from k8s_gpu_acceptance import leftovers
+from k8s_gpu_acceptance import dra, leftovers
 from k8s_gpu_acceptance.cluster import (
     GPU_RESOURCE,
     REQUEST_TIMEOUT,
@@ -60,6 +60,9 @@ CONTAINER_START_REASONS = {
     "PostStartHookError",
 }
 FATAL_EVENT_REASONS = {"FailedCreatePodSandBox", "FailedMount", "FailedAttachVolume", "InvalidDiskCapacity"}
+# The resourceclaim controller could not make the pod's ResourceClaim from its template (template missing,
+# quota, admission): the pod can never be scheduled.
+CLAIM_EVENT_REASONS = {"FailedResourceClaimCreation"}
 
 Progress = Callable[[str], None]
 
@@ -71,7 +74,7 @@ def _quiet(_line: str) -> None:
 @dataclass
 class PodFailure:
     """Why the pod never produced a probe result: kind is one of unschedulable, image, container,
-    sandbox, rejected, timeout, deadline, deleted, api."""
+    sandbox, claim, rejected, timeout, deadline, deleted, api."""
 
     kind: str
     reason: str
@@ -95,6 +98,9 @@ class PodRun:
     timeline: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     waited_s: float = 0.0
+    claims: list[dra.ClaimFacts] = field(
+        default_factory=list
+    )  # --allocation dra: the pod's claims, as last read
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,10 @@ def classify_pod(pod: dict[str, Any], events: list[dict[str, Any]] | None = None
         if event.get("type") == "Warning" and event.get("reason") in FATAL_EVENT_REASONS:
             return Verdict(
                 "fail", event["reason"], PodFailure("sandbox", event["reason"], event.get("message") or "")
+            )
+        if event.get("type") == "Warning" and event.get("reason") in CLAIM_EVENT_REASONS:
+            return Verdict(
+                "fail", event["reason"], PodFailure("claim", event["reason"], event.get("message") or "")
             )
     if not pod.get("spec", {}).get("nodeName"):
         return Verdict("wait", "Pending: waiting for the scheduler")
@@ -194,8 +204,10 @@ def build_probe_pod(
     configmap: str,
     items: list[dict[str, str]],
     template: Path | None = None,
+    allocation: str = "device-plugin",
 ) -> dict[str, Any]:
-    """Fill manifests/probe-pod.yaml with this run's options."""
+    """Fill manifests/probe-pod.yaml with this run's options; with `allocation` dra the GPUs come from the
+    run's ResourceClaimTemplate instead of an nvidia.com/gpu limit."""
     pod = copy.deepcopy(yaml.safe_load((template or pod_template()).read_text(encoding="utf-8")))
     meta = pod["metadata"]
     meta.update(
@@ -221,6 +233,8 @@ def build_probe_pod(
     resources["limits"][GPU_RESOURCE] = str(settings.gpus)
     resources["requests"][GPU_RESOURCE] = str(settings.gpus)
     spec["volumes"][0]["configMap"].update(name=configmap, items=items)
+    if allocation == "dra":
+        dra.use_claim(pod, dra.claim_template_name(run_id))
     return pod
 
 
@@ -271,6 +285,7 @@ class PodSession:
         self.connection = connection
         self.api = connection.api
         self.core = client.CoreV1Api(connection.api)
+        self.resource = client.ResourceV1Api(connection.api)
         self.settings = settings
         self.run_id = run_id
         self.progress = progress
@@ -347,6 +362,33 @@ class PodSession:
         pod["metadata"]["annotations"] = {**(pod["metadata"].get("annotations") or {}), **self.lease()}
         self.created.append(("pod", pod["metadata"]["name"]))
         self.core.create_namespaced_pod(self.namespace, pod, _request_timeout=REQUEST_TIMEOUT)
+
+    def create_claim_template(self, template: dict[str, Any]) -> None:
+        """Create a ResourceClaimTemplate (--allocation dra); registered first, like a pod. The claims made
+        from it are owned by their pod and go with it."""
+        self.renew()
+        template["metadata"]["annotations"] = {
+            **(template["metadata"].get("annotations") or {}),
+            **self.lease(),
+        }
+        self.created.append(("resourceclaimtemplate", template["metadata"]["name"]))
+        self.resource.create_namespaced_resource_claim_template(
+            self.namespace, template, _request_timeout=REQUEST_TIMEOUT
+        )
+
+    def claims_of(self, pod_json: dict[str, Any]) -> list[dra.ClaimFacts]:
+        """The pod's ResourceClaims as the scheduler left them (allocated devices, reservation)."""
+        found: list[dra.ClaimFacts] = []
+        for claim in dra.pod_claim_names(pod_json):
+            try:
+                obj = self.resource.read_namespaced_resource_claim(
+                    claim, self.namespace, _request_timeout=REQUEST_TIMEOUT
+                )
+            except ApiException as exc:
+                found.append(dra.ClaimFacts(claim, False, [f"not readable: {exc.status} {exc.reason}"]))
+                continue
+            found.append(dra.claim_facts(self.api.sanitize_for_serialization(obj)))
+        return found
 
     # -- waiting ----------------------------------------------------------------------------------------
     def _wait(
@@ -439,6 +481,14 @@ class PodSession:
             return result
         finally:
             result.waited_s = round(time.monotonic() - started, 2)
+        last_seen = waited.seen[name].obj
+        if dra.uses_claims(last_seen):
+            try:
+                result.claims = self.claims_of(last_seen)
+            except Exception as exc:  # evidence only: the pod's own verdict stands
+                result.events.append(
+                    f"claims not readable: {describe_api_error(exc, self.connection.server)}"
+                )
         verdict = waited.verdicts.get(name)
         if isinstance(verdict, PodFailure):
             result.failure = verdict
@@ -531,6 +581,9 @@ class PodSession:
             "configmap": lambda n: self.core.delete_namespaced_config_map(
                 n, self.namespace, _request_timeout=REQUEST_TIMEOUT
             ),
+            "resourceclaimtemplate": lambda n: self.resource.delete_namespaced_resource_claim_template(
+                n, self.namespace, _request_timeout=REQUEST_TIMEOUT
+            ),
             "namespace": lambda n: self.core.delete_namespace(
                 n, body=options, _request_timeout=REQUEST_TIMEOUT
             ),
@@ -571,6 +624,10 @@ class PodSession:
                     self.core.patch_namespaced_config_map(
                         name, self.namespace, patch, _request_timeout=REQUEST_TIMEOUT
                     )
+                elif kind == "resourceclaimtemplate":
+                    self.resource.patch_namespaced_resource_claim_template(
+                        name, self.namespace, patch, _request_timeout=REQUEST_TIMEOUT
+                    )
         except Exception as exc:
             return [
                 f"--keep: could not mark the kept objects: {describe_api_error(exc, self.connection.server)}"
@@ -604,12 +661,15 @@ def probe_pod_name(run_id: str) -> str:
     return f"gpu-probe-{run_id}"
 
 
-def probe_pod_manifest(settings: Settings, run_id: str) -> dict[str, Any]:
+def probe_pod_manifest(settings: Settings, run_id: str, allocation: str = "device-plugin") -> dict[str, Any]:
     """The probe pod of this run, as it will be created (namespace and ConfigMap named as PodSession names
-    them), so a conftest that overrides `gpu_settings` sees its values here."""
+    them), so a conftest that overrides `gpu_settings` sees its values here. `allocation` is the resolved
+    one (device-plugin or dra)."""
     namespace, configmap = session_names(settings, run_id)
     items = probe_configmap_items(probe_configmap_data())
-    return build_probe_pod(settings, run_id, namespace, probe_pod_name(run_id), configmap, items)
+    return build_probe_pod(
+        settings, run_id, namespace, probe_pod_name(run_id), configmap, items, allocation=allocation
+    )
 
 
 def run_probe_pod(session: PodSession, manifest: dict[str, Any]) -> PodRun:
@@ -619,6 +679,9 @@ def run_probe_pod(session: PodSession, manifest: dict[str, Any]) -> PodRun:
     image = manifest["spec"]["containers"][0]["image"]
     try:
         session.open()
+        if dra.uses_claims(manifest):
+            template = dra.claim_template(session.run_id, session.namespace, session.settings.gpus)
+            session.create_claim_template(template)
         session.create_pod(manifest)
     except ApiException as exc:
         failure = PodFailure("rejected", f"{exc.status} {exc.reason}", api_message(exc))

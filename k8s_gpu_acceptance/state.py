@@ -18,6 +18,7 @@ import pytest
 from k8s_gpu_acceptance.cluster import ClusterFacts, Connection, DevicePluginFacts
 from k8s_gpu_acceptance.diagnosis import Diagnosis
 from k8s_gpu_acceptance.document import ProbeDocument, ProbeLayer
+from k8s_gpu_acceptance.dra import DraFacts
 from k8s_gpu_acceptance.fleet import SweepPlan, SweepRun
 from k8s_gpu_acceptance.nightly import NightlyOutcome
 from k8s_gpu_acceptance.probe import ProbeRun
@@ -50,6 +51,8 @@ class RunState:
     started_at: dt.datetime
     cluster: ClusterFacts | None = None
     device_plugin: DevicePluginFacts | None = None
+    dra: DraFacts | None = None  # the DeviceClass and ResourceSlices, when read (--allocation dra/auto)
+    allocation: str | None = None  # device-plugin or dra, as resolved for this run
     probe: ProbeRun | None = None
     scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
     layers: dict[str, LayerOutcome] = field(default_factory=dict)

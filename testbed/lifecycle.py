@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed import build, cluster, gpuhost, hostcheck, versions
+from testbed import build, cluster, dra, gpuhost, hostcheck, versions
 from testbed.build import fmt_duration, log
 from testbed.errors import TestbedError
 from testbed.minio import minio_ready, start_minio, wait_minio
@@ -288,6 +288,7 @@ def set_nodes(state: State, gpu_nodes: int | None) -> tuple[int, bool]:
     specs = default_nodes(gpu_nodes)
     with cluster.api(Path(state.kubeconfig)) as c:
         state.nodes, changed = cluster.reconcile_nodes(c, specs)
+        dra.reconcile(c, specs)  # SIMULATED ResourceSlices for the kwok GPU nodes (testbed/dra.py)
     state.save()
     return sum(1 for s in specs if s.gpus), changed
 

@@ -27,9 +27,12 @@ def recordings_dir() -> Path:
 
 
 def requests_gpu(pod_spec: Mapping[str, Any]) -> bool:
-    """True when any container asks for nvidia.com/gpu (limits or requests, as the device plugin counts)."""
+    """True when any container asks for nvidia.com/gpu (limits or requests, as the device plugin counts), or
+    uses a DRA claim (the testbed's only DeviceClass is gpu.nvidia.com: testbed/dra.py)."""
     for container in pod_spec.get("containers") or []:
         resources = container.get("resources") or {}
+        if resources.get("claims"):
+            return True
         for key in ("limits", "requests"):
             if GPU_RESOURCE in (resources.get(key) or {}):
                 return True
