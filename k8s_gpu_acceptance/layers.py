@@ -26,15 +26,17 @@ LAYERS: tuple[Layer, ...] = (
     Layer("cluster", "Cluster", "the API server answers and its nodes are listed", None, cluster_only=True),
     Layer(
         "device_plugin",
-        "Device plugin",
-        "GPU nodes advertise nvidia.com/gpu, the device plugin is healthy, allocatable == capacity",
+        "Device plugin / DRA",
+        "GPU nodes advertise nvidia.com/gpu, the device plugin is healthy, allocatable == capacity; with "
+        "--allocation dra: DeviceClass gpu.nvidia.com exists and ResourceSlices publish GPUs per node",
         "cluster",
         cluster_only=True,
     ),
     Layer(
         "scheduling",
         "Scheduling",
-        "the scheduler binds a pod requesting nvidia.com/gpu to a GPU node and its container starts",
+        "the scheduler binds a pod requesting nvidia.com/gpu (or a DRA claim) to a GPU node, allocates the "
+        "claim, and its container starts",
         "device_plugin",
         cluster_only=True,
     ),

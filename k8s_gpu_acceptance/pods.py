@@ -376,6 +376,14 @@ class PodSession:
             self.namespace, template, _request_timeout=REQUEST_TIMEOUT
         )
 
+    def _claims_evidence(self, pod_json: dict[str, Any], result: PodRun) -> list[dra.ClaimFacts]:
+        """claims_of, for evidence only: a failure to read is noted, the pod's own verdict stands."""
+        try:
+            return self.claims_of(pod_json)
+        except Exception as exc:
+            result.events.append(f"claims not readable: {describe_api_error(exc, self.connection.server)}")
+            return []
+
     def claims_of(self, pod_json: dict[str, Any]) -> list[dra.ClaimFacts]:
         """The pod's ResourceClaims as the scheduler left them (allocated devices, reservation)."""
         found: list[dra.ClaimFacts] = []
@@ -452,6 +460,10 @@ class PodSession:
                 return None
             events = self.events_of(name)
             self._record(result, state.obj, events)
+            if dra.uses_claims(state.obj) and state.node and not any(c.allocated for c in result.claims):
+                # Read while the pod is bound: a template's claim is deallocated (and deleted) once its pod
+                # has ended, so read at the end it would prove nothing.
+                result.claims = self._claims_evidence(state.obj, result)
             verdict = classify_pod(state.obj, events)
             if verdict.state == "wait":
                 if verdict.progress != last[0]:
@@ -482,13 +494,8 @@ class PodSession:
         finally:
             result.waited_s = round(time.monotonic() - started, 2)
         last_seen = waited.seen[name].obj
-        if dra.uses_claims(last_seen):
-            try:
-                result.claims = self.claims_of(last_seen)
-            except Exception as exc:  # evidence only: the pod's own verdict stands
-                result.events.append(
-                    f"claims not readable: {describe_api_error(exc, self.connection.server)}"
-                )
+        if dra.uses_claims(last_seen) and not result.claims:  # never bound: the unallocated claim is evidence
+            result.claims = self._claims_evidence(last_seen, result)
         verdict = waited.verdicts.get(name)
         if isinstance(verdict, PodFailure):
             result.failure = verdict

@@ -5,6 +5,7 @@ import pytest
 from k8s_gpu_acceptance.checks import fail
 from k8s_gpu_acceptance.diagnosis import (
     diagnose_bypassed_scheduler,
+    diagnose_claim_not_allocated,
     diagnose_not_a_gpu_node,
     diagnose_scheduling_failure,
     untolerated_taints,
@@ -13,8 +14,11 @@ from k8s_gpu_acceptance.diagnosis import (
 pytestmark = [pytest.mark.gpu, pytest.mark.scheduling]
 
 
-def test_probe_pod_scheduled_onto_gpu_node_and_ran(probe_pod, cluster_facts, gpu_settings, layer_evidence):
+def test_probe_pod_scheduled_onto_gpu_node_and_ran(
+    request, probe_pod, cluster_facts, gpu_settings, allocation, layer_evidence
+):
     layer_evidence.metrics.update(
+        allocation=allocation,
         pod=f"{probe_pod.namespace}/{probe_pod.name}",
         node=probe_pod.node_name,
         phase=probe_pod.phase,
@@ -24,13 +28,30 @@ def test_probe_pod_scheduled_onto_gpu_node_and_ran(probe_pod, cluster_facts, gpu
     )
     layer_evidence.evidence["timeline"] = "\n".join(probe_pod.timeline)
     layer_evidence.evidence["events"] = "\n".join(probe_pod.events)
+    if probe_pod.claims:
+        layer_evidence.metrics["claims"] = {
+            c.name: c.devices if c.allocated else None for c in probe_pod.claims
+        }
     failure = probe_pod.failure
     if failure is not None and failure.kind != "container":
         fail(_why_the_pod_did_not_run(failure, gpu_settings, cluster_facts))
-    nodes = {n.name: n for n in cluster_facts.nodes}
-    node = nodes.get(probe_pod.node_name or "")
-    if node is None or node.gpu_allocatable < gpu_settings.gpus:
-        fail(diagnose_not_a_gpu_node(probe_pod.node_name, gpu_settings.gpus))
+    if allocation == "dra":
+        allocated = sum(len(c.devices) for c in probe_pod.claims if c.allocated)
+        # A template's claim is released when its pod ends; a pod that ended before its claim was read (the
+        # testbed's simulated pods end within 0.2 s) cannot show its allocation any more: said, not failed.
+        released = bool(probe_pod.claims) and not allocated and probe_pod.phase in ("Succeeded", "Failed")
+        if released:
+            layer_evidence.metrics["claims"] = "released when the pod ended (allocation not observed)"
+        elif allocated < gpu_settings.gpus:
+            claims = [(c.name, c.allocated, c.devices) for c in probe_pod.claims]
+            fail(diagnose_claim_not_allocated(probe_pod.node_name, claims))
+        if request.getfixturevalue("dra_facts").devices_on(probe_pod.node_name) < gpu_settings.gpus:
+            fail(diagnose_not_a_gpu_node(probe_pod.node_name, gpu_settings.gpus))
+    else:
+        nodes = {n.name: n for n in cluster_facts.nodes}
+        node = nodes.get(probe_pod.node_name or "")
+        if node is None or node.gpu_allocatable < gpu_settings.gpus:
+            fail(diagnose_not_a_gpu_node(probe_pod.node_name, gpu_settings.gpus))
     if probe_pod.scheduled_by is None:
         fail(diagnose_bypassed_scheduler(probe_pod.node_name))
     if failure is not None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from k8s_gpu_acceptance import dra
+from k8s_gpu_acceptance.diagnosis import (
+    diagnose_claim_not_allocated,
+    diagnose_dra_allocation,
+    diagnose_scheduling_failure,
+)
 from k8s_gpu_acceptance.pods import build_probe_pod, classify_pod, probe_configmap_data, probe_configmap_items
 from k8s_gpu_acceptance.settings import Settings
 from testbed import dra as testbed_dra
@@ -121,3 +126,64 @@ def test_testbed_publishes_one_slice_per_gpu_node_with_physical_gpus_and_driver_
     for attribute in dra.REQUIRED_ATTRIBUTES:
         assert all(attribute in d for d in eight.devices)
     assert len({d["uuid"] for d in eight.devices}) == 8
+
+
+# --- the allocation layer's and the scheduling layer's DRA rules -------------------------------------------
+
+
+def _allocation(**changes):
+    facts = {
+        "error": None,
+        "api_served": True,
+        "device_class": True,
+        "node_devices": {"n1": [{"name": "gpu-0", **{a: "x" for a in dra.REQUIRED_ATTRIBUTES}}]},
+        "other_drivers": [],
+        "required": dra.REQUIRED_ATTRIBUTES,
+    }
+    facts.update(changes)
+    return diagnose_dra_allocation(**facts)
+
+
+def test_allocation_layer_passes_with_class_and_complete_slices():
+    assert _allocation() is None
+
+
+def test_allocation_layer_names_each_dra_failure_with_its_fix():
+    assert _allocation(error="403 Forbidden").rule == "dra-rbac"
+    assert _allocation(api_served=False).rule == "dra-api-missing"
+    missing = _allocation(device_class=False)
+    assert missing.rule == "dra-deviceclass-missing" and "nvidia-dra-driver-gpu" in missing.fix
+    none = _allocation(node_devices={"n1": []}, other_drivers=["dra.example.com"])
+    assert none.rule == "dra-no-slices" and "dra.example.com" in none.seen
+    partial = _allocation(node_devices={"n1": [{"name": "gpu-0", "uuid": "GPU-1"}]})
+    assert partial.rule == "dra-attributes-missing" and "driverVersion" in partial.seen
+
+
+def _scheduling(kind: str, message: str):
+    return diagnose_scheduling_failure(
+        kind, "Unschedulable", message, gpus=9, selector={}, runtime_class=None, image="img"
+    )
+
+
+def test_scheduler_dra_messages_are_diagnosed_as_the_1_36_scheduler_words_them():
+    # Messages as kube-scheduler v1.36.1 wrote them on the testbed (2026-11-25).
+    too_many = _scheduling(
+        "unschedulable",
+        "0/7 nodes are available: 3 cannot allocate all claims, 4 node(s) had untolerated taint(s). "
+        "still not schedulable, preemption: 0/7 nodes are available: 7 Preemption is not helpful for "
+        "scheduling.",
+    )
+    assert too_many.rule.startswith("dra-cannot-allocate") and "9 free gpu.nvidia.com" in too_many.cause
+    no_class = _scheduling(
+        "unschedulable",
+        "0/7 nodes are available: request gpus: device class gpu.nvidia.com does not exist. no new claims to "
+        "deallocate, preemption: 0/7 nodes are available: 7 Preemption is not helpful for scheduling.",
+    )
+    assert no_class.rule == "dra-deviceclass-missing" and "--allocation device-plugin" in no_class.fix
+    creation = _scheduling("claim", 'resourceclaimtemplate.resource.k8s.io "t" not found')
+    assert creation.rule == "dra-claim-creation"
+
+
+def test_claim_not_allocated_names_the_claims():
+    diagnosis = diagnose_claim_not_allocated("n1", [("c1", False, [])])
+    assert diagnosis.rule == "dra-claim-not-allocated" and "claim c1: not allocated" in diagnosis.seen
