@@ -49,8 +49,10 @@ def core(testbed_api: client.ApiClient) -> client.CoreV1Api:
 
 
 @pytest.fixture(scope="session")
-def leftovers(core: client.CoreV1Api) -> Callable[..., list[str]]:
-    """Lists the namespaces, pods and ConfigMaps matching a label selector: what a run left behind."""
+def leftovers(core: client.CoreV1Api, testbed_api: client.ApiClient) -> Callable[..., list[str]]:
+    """Lists the namespaces, pods, ConfigMaps and ResourceClaimTemplates (--allocation dra) matching a label
+    selector: what a run left behind."""
+    resource = client.ResourceV1Api(testbed_api)
 
     def find(selector: str, run_id_prefix: str = "") -> list[str]:
         def ours(obj: Any) -> bool:
@@ -70,6 +72,11 @@ def leftovers(core: client.CoreV1Api) -> Callable[..., list[str]]:
             f"configmap/{m.metadata.namespace}/{m.metadata.name}"
             for m in core.list_config_map_for_all_namespaces(label_selector=selector).items
             if ours(m)
+        ]
+        left += [
+            f"resourceclaimtemplate/{t.metadata.namespace}/{t.metadata.name}"
+            for t in resource.list_resource_claim_template_for_all_namespaces(label_selector=selector).items
+            if ours(t)
         ]
         return left
 
