@@ -16,6 +16,7 @@ from typing import Any, Literal
 import pytest
 
 from k8s_gpu_acceptance.cluster import ClusterFacts, Connection, DevicePluginFacts
+from k8s_gpu_acceptance.conformance import Check
 from k8s_gpu_acceptance.diagnosis import Diagnosis
 from k8s_gpu_acceptance.document import ProbeDocument, ProbeLayer
 from k8s_gpu_acceptance.dra import DraFacts
@@ -53,6 +54,9 @@ class RunState:
     device_plugin: DevicePluginFacts | None = None
     dra: DraFacts | None = None  # the DeviceClass and ResourceSlices, when read (--allocation dra/auto)
     allocation: str | None = None  # device-plugin or dra, as resolved for this run
+    conformance: list[Check] = field(
+        default_factory=list
+    )  # AI Conformance evidence, per requirement and test
     probe: ProbeRun | None = None
     scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
     layers: dict[str, LayerOutcome] = field(default_factory=dict)

@@ -21,7 +21,7 @@ from k8s_gpu_acceptance.diagnosis import (
 from k8s_gpu_acceptance.probe import read_document
 from k8s_gpu_acceptance.sharing import eligible_gpu_nodes, gpu_sight, privileged_gpu_pods
 
-pytestmark = [pytest.mark.gpu, pytest.mark.isolation]
+pytestmark = [pytest.mark.gpu, pytest.mark.isolation, pytest.mark.ai_conformance("secure_accelerator_access")]
 LAYERS = "driver,nvidia_smi,torch_cuda"
 VARIANTS = ("no-request", "visible-all", "visible-uuid")
 

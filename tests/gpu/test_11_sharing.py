@@ -48,6 +48,9 @@ from k8s_gpu_acceptance.sharing import (
 )
 
 pytestmark = [pytest.mark.gpu, pytest.mark.sharing]
+# The time-slicing, MPS and MIG checks evidence AI Conformance gpu_sharing (several containers of one pod are
+# not sharing between workloads).
+GPU_SHARING = pytest.mark.ai_conformance("gpu_sharing")
 START_LEAD_S = 40  # replicas start this long after creation: pull (cached by the exclusive run) + import
 
 
@@ -131,6 +134,7 @@ def _time_sliced(cluster_facts, settings):
     )
 
 
+@GPU_SHARING
 def test_time_slicing_replicas_share_one_gpu(record_scenario, sharing_pods, cluster_facts, gpu_settings):
     config = _time_sliced(cluster_facts, gpu_settings)
     n = min(config.replicas, MAX_REPLICAS, config.allocatable)
@@ -230,6 +234,7 @@ def _mps_config(cluster_facts, settings):
     return config
 
 
+@GPU_SHARING
 def test_mps_client_sees_its_share(record_scenario, sharing_pods, cluster_facts, gpu_settings):
     config = _mps_config(cluster_facts, gpu_settings)
     name = sharing_pods.name("gpu-mps")
@@ -251,6 +256,7 @@ def test_mps_client_sees_its_share(record_scenario, sharing_pods, cluster_facts,
         fail(diagnose_mps_no_gpu(config.node, sight.describe()))
 
 
+@GPU_SHARING
 def test_mps_client_cannot_exceed_memory_limit(record_scenario, sharing_pods, cluster_facts, gpu_settings):
     """k8s_gpu_acceptance/mps_check.py in a pod on the MPS node: within the pinned memory limit, then
     past it."""
@@ -310,6 +316,7 @@ def mig_run(request, sharing_pods, cluster_connection, cluster_facts, gpu_settin
     return node.metadata.name, resource, profile, result, docs["probe"]
 
 
+@GPU_SHARING
 def test_mig_slice_is_scheduled(record_scenario, mig_run):
     node, resource, _profile, result, _doc = mig_run
     record_scenario(
@@ -320,6 +327,7 @@ def test_mig_slice_is_scheduled(record_scenario, mig_run):
         fail(diagnose_mig_scheduling(resource, result.node_name, result.scheduled_by))
 
 
+@GPU_SHARING
 def test_mig_memory_matches_profile(record_scenario, mig_run):
     _node, resource, profile, result, doc = mig_run
     if profile is None:

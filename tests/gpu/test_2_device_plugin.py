@@ -8,7 +8,7 @@ from k8s_gpu_acceptance.checks import fail
 from k8s_gpu_acceptance.diagnosis import diagnose_device_plugin, diagnose_dra_allocation
 from k8s_gpu_acceptance.dra import REQUIRED_ATTRIBUTES
 
-pytestmark = [pytest.mark.gpu, pytest.mark.device_plugin]
+pytestmark = [pytest.mark.gpu, pytest.mark.device_plugin, pytest.mark.ai_conformance("dra_support")]
 
 
 def test_device_plugin_healthy_and_allocatable_equals_capacity(

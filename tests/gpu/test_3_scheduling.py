@@ -11,7 +11,7 @@ from k8s_gpu_acceptance.diagnosis import (
     untolerated_taints,
 )
 
-pytestmark = [pytest.mark.gpu, pytest.mark.scheduling]
+pytestmark = [pytest.mark.gpu, pytest.mark.scheduling, pytest.mark.ai_conformance("dra_support")]
 
 
 def test_probe_pod_scheduled_onto_gpu_node_and_ran(

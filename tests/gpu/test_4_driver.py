@@ -5,7 +5,7 @@ import pytest
 from k8s_gpu_acceptance.checks import fail, passed_probe_layer
 from k8s_gpu_acceptance.diagnosis import diagnose_gpu_count
 
-pytestmark = [pytest.mark.gpu, pytest.mark.driver]
+pytestmark = [pytest.mark.gpu, pytest.mark.driver, pytest.mark.ai_conformance("driver_runtime_management")]
 
 
 def test_driver_and_devices_visible(probe_run, gpu_settings, run_state):

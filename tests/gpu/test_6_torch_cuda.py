@@ -9,7 +9,11 @@ from k8s_gpu_acceptance.diagnosis import (
     diagnose_torch_device_count,
 )
 
-pytestmark = [pytest.mark.gpu, pytest.mark.torch_cuda]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.torch_cuda,
+    pytest.mark.ai_conformance("driver_runtime_management"),
+]
 
 
 def test_torch_sees_gpu_and_computes_correctly(probe_run, gpu_settings, run_state):

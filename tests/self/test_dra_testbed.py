@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from kubernetes import client
 
 from testbed import dra as testbed_dra
@@ -15,8 +16,9 @@ from testbed.nodes import default_nodes
 LAYERS = ("cluster", "device_plugin", "scheduling", "driver", "nvidia_smi", "torch_cuda", "gpt2", "gpu_perf")
 
 
-def test_dra_allocation_passes_every_layer(run_suite):
-    run = run_suite("--allocation=dra")
+def test_dra_allocation_passes_every_layer_with_conformance_evidence(run_suite, tmp_path):
+    fragment = tmp_path / "ai-conformance.yaml"
+    run = run_suite("--allocation=dra", f"--conformance-out={fragment}")
     assert run.ret == 0, run.output
     assert [(e["name"], e["outcome"]) for e in run.report["layers"]] == [(n, "passed") for n in LAYERS]
     allocation = run.layer("device_plugin")["metrics"]
@@ -25,6 +27,19 @@ def test_dra_allocation_passes_every_layer(run_suite):
     assert allocation["driver_versions"] == [testbed_dra.DRIVER_VERSION]
     scheduling = run.layer("scheduling")["metrics"]
     assert scheduling["allocation"] == "dra" and scheduling["node"].startswith("gpu-node-")
+    # AI Conformance: ids in report.json and junit.xml, the HTML section, a fragment of what was assessed
+    assert run.layer("device_plugin")["ai_conformance"] == ["dra_support"]
+    requirements = {r["id"]: r for r in run.report["ai_conformance"]["requirements"]}
+    assert requirements["dra_support"]["status"] == "passed"
+    assert requirements["driver_runtime_management"]["status"] == "passed"
+    metrics = requirements["accelerator_metrics"]
+    assert metrics["status"] == "not-assessed" and "no DCGM exporter" in metrics["checks"][0]["message"]
+    junit = (run.report_dir / "junit.xml").read_text()
+    assert '<property name="ai_conformance" value="dra_support" />' in junit
+    assert 'data-requirement="dra_support"' in (run.report_dir / "report.html").read_text()
+    document = yaml.safe_load(fragment.read_text())
+    assessed = {item["id"]: item["status"] for items in document["spec"].values() for item in items}
+    assert assessed == {"dra_support": "Implemented", "driver_runtime_management": "Implemented"}
 
 
 def test_auto_picks_dra_when_the_class_and_slices_exist(run_suite):

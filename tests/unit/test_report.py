@@ -126,7 +126,7 @@ def failing_state() -> RunState:
 def test_json_report_has_the_versioned_schema_and_run_facts():
     report = build_json_report(passing_state(), Settings())
     assert report["schema"] == SCHEMA == "k8s-gpu-acceptance/report"
-    assert report["schema_version"] == SCHEMA_VERSION == "1.1"
+    assert report["schema_version"] == SCHEMA_VERSION == "1.2"
     assert report["run_id"] == "20261122-100000-a1b2c3"
     assert report["target"] == "k8s"
     assert report["started_at"] == "2026-11-22T10:00:00+00:00"
@@ -365,7 +365,8 @@ def test_latency_svg_edge_cases():
 
 def test_summary_has_the_environment_and_a_verdict_per_layer_in_order():
     state = failing_state()
-    review_html, env_html, verdict_html = html_summary(state, Settings())
+    review_html, env_html, verdict_html, conformance_html = html_summary(state, Settings())
+    assert "AI Conformance v1.35" in conformance_html and "not-assessed" in conformance_html
     assert "FAILED" in review_html and "No history" in review_html
     for value in (
         "20261122-100000-a1b2c3",

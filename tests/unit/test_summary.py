@@ -31,7 +31,7 @@ def report(tmp_path: Path, nights: int, last: str, warn: bool = False) -> dict[s
         outcome = evaluate(config, record, None)
         append(outcome, None)
     return {
-        "schema_version": "1.1",
+        "schema_version": "1.2",
         "run_id": record.run_id,
         "title": "GPU acceptance: testbed · NVIDIA H100 80GB HBM3 · 2026-11-22",
         "outcome": "passed",
