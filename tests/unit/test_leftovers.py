@@ -136,3 +136,43 @@ def test_cleanup_rejects_a_bad_duration():
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--older-than", "2 hours"])
+
+
+def test_resource_claim_templates_are_found_and_reaped_with_the_resource_api():
+    """--allocation dra leaves a ResourceClaimTemplate; a cluster without resource.k8s.io/v1 answers 404."""
+    from types import SimpleNamespace
+
+    from kubernetes.client.rest import ApiException
+
+    def obj(name: str, namespace: str) -> SimpleNamespace:
+        meta = SimpleNamespace(
+            name=name,
+            namespace=namespace,
+            labels={"k8s-gpu-acceptance/run-id": "r9"},
+            annotations={EXPIRES_AT_KEY: "2020-01-01T00:00:00Z"},
+            creation_timestamp=None,
+            deletion_timestamp=None,
+        )
+        return SimpleNamespace(metadata=meta)
+
+    empty = SimpleNamespace(items=[])
+    core = SimpleNamespace(
+        list_namespace=lambda **_: empty,
+        list_config_map_for_all_namespaces=lambda **_: empty,
+        list_pod_for_all_namespaces=lambda **_: empty,
+    )
+    deleted: list[tuple[str, str]] = []
+    resource = SimpleNamespace(
+        list_resource_claim_template_for_all_namespaces=lambda **_: SimpleNamespace(items=[obj("t1", "ns1")]),
+        delete_namespaced_resource_claim_template=lambda name, ns, **_: deleted.append((ns, name)),
+    )
+    found = leftovers.find_leftovers(core, (1, 1), resource)
+    assert [(f.kind, f.ref()) for f in found] == [("resourceclaimtemplate", "resourceclaimtemplate/ns1/t1")]
+    plan = leftovers.plan_reaping(found, dt.datetime.now(dt.timezone.utc), dead_owner())
+    assert leftovers.reap(core, plan, (1, 1), resource).problems == [] and deleted == [("ns1", "t1")]
+
+    def not_served(**_: object) -> None:
+        raise ApiException(status=404, reason="Not Found")
+
+    resource.list_resource_claim_template_for_all_namespaces = not_served
+    assert leftovers.find_leftovers(core, (1, 1), resource) == []
