@@ -67,7 +67,8 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "security",
         "Secure accelerator access",
         "a pod without a GPU request sees no GPU; each pod sees only its allocated GPUs; probe pods run "
-        "unprivileged with all capabilities dropped (isolation checks)",
+        "unprivileged with all capabilities dropped (isolation checks); one-GPU pods at once each see only "
+        "their own GPU (distinct GPUs)",
     ),
 )
 BY_ID: dict[str, Requirement] = {r.id: r for r in REQUIREMENTS}
