@@ -33,13 +33,13 @@ def claim_template_name(run_id: str) -> str:
     return f"gpu-probe-{run_id}"[:63].rstrip("-")
 
 
-def claim_template(run_id: str, namespace: str, gpus: int) -> dict[str, Any]:
+def claim_template(run_id: str, namespace: str, gpus: int, name: str | None = None) -> dict[str, Any]:
     """A ResourceClaimTemplate asking for exactly `gpus` devices of DeviceClass gpu.nvidia.com."""
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaimTemplate",
         "metadata": {
-            "name": claim_template_name(run_id),
+            "name": name or claim_template_name(run_id),
             "namespace": namespace,
             "labels": run_labels(run_id, "probe"),
         },

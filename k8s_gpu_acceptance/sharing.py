@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from k8s_gpu_acceptance import mps_check
+from k8s_gpu_acceptance import dra, mps_check
 from k8s_gpu_acceptance.cluster import GPU_RESOURCE, REQUEST_TIMEOUT, Connection, NodeFacts
 from k8s_gpu_acceptance.document import ProbeDocument
 from k8s_gpu_acceptance.pods import PodSession, PodState, Progress, build_probe_pod, classify_pod
@@ -454,6 +454,7 @@ def add_shared_container(pod: dict[str, Any], name: str, layers: str) -> dict[st
         other["resources"][key] = {
             k: v for k, v in other["resources"][key].items() if not k.startswith("nvidia.com/")
         }
+    other["resources"].pop("claims", None)  # --allocation dra: the claim is the first container's only
     pod["spec"]["containers"].append(other)
     return pod
 
@@ -485,15 +486,33 @@ class ScenarioPods(PodSession):
     the scenario's pod builder and the GPU accounting of a node."""
 
     def __init__(
-        self, connection: Connection, settings: Settings, run_id: str, suffix: str, progress: Progress
+        self,
+        connection: Connection,
+        settings: Settings,
+        run_id: str,
+        suffix: str,
+        progress: Progress,
+        allocation: str = "device-plugin",
     ) -> None:
         super().__init__(connection, settings, run_id, suffix=suffix, progress=progress)
+        self.allocation = allocation
+        self.templates: set[str] = set()
 
     def scenario_pod(self, name: str, **kwargs: Any) -> dict[str, Any]:
-        """`scenario_pod` in this session's namespace, mounting its probe ConfigMap."""
-        return scenario_pod(
+        """`scenario_pod` in this session's namespace, mounting its probe ConfigMap. With --allocation dra a
+        whole-GPU request becomes a claim from this session's ResourceClaimTemplate for that count (made on
+        first use); a MIG or shared-GPU resource stays as the device plugin advertises it."""
+        pod = scenario_pod(
             self.settings, self.run_id, self.namespace, name, self.configmap_name, self.items, **kwargs
         )
+        gpus = int(kwargs.get("gpus", 1))
+        if self.allocation == "dra" and gpus and kwargs.get("resource", GPU_RESOURCE) == GPU_RESOURCE:
+            template = f"{dra.claim_template_name(self.run_id)}-{gpus}g"
+            if template not in self.templates:
+                self.create_claim_template(dra.claim_template(self.run_id, self.namespace, gpus, template))
+                self.templates.add(template)
+            dra.use_claim(pod, template)
+        return pod
 
     def holder_pod(self, name: str, node: str, hold_s: int) -> dict[str, Any]:
         """`holder_pod` in this session's namespace."""

@@ -80,3 +80,11 @@ def test_claim_for_more_gpus_than_any_node_has_is_diagnosed_by_scheduling(run_su
     assert "dra-cannot-allocate" in scheduling["diagnosis"]["rule"]
     assert "9 free gpu.nvidia.com" in scheduling["diagnosis"]["cause"]
     assert scheduling["metrics"]["waited_s"] < 30  # fails fast on Unschedulable, not at --pod-timeout
+
+
+def test_isolation_and_multi_container_work_the_same_under_dra(run_suite):
+    run = run_suite("--allocation=dra", markers="isolation or sharing")
+    assert run.ret == 0, run.output
+    junit = (run.report_dir / "junit.xml").read_text()
+    assert "only the requesting container sees the GPU" in junit  # the claim is the first container's only
+    assert '<property name="isolation.no-request.verdict" value="isolated" />' in junit

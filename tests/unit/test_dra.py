@@ -187,3 +187,11 @@ def test_scheduler_dra_messages_are_diagnosed_as_the_1_36_scheduler_words_them()
 def test_claim_not_allocated_names_the_claims():
     diagnosis = diagnose_claim_not_allocated("n1", [("c1", False, [])])
     assert diagnosis.rule == "dra-claim-not-allocated" and "claim c1: not allocated" in diagnosis.seen
+
+
+def test_the_second_container_of_a_dra_pod_gets_no_claim():
+    from k8s_gpu_acceptance.sharing import add_shared_container
+
+    pod = add_shared_container(_pod(Settings(), "dra"), "shared", "driver")
+    first, second = pod["spec"]["containers"]
+    assert first["resources"]["claims"] == [{"name": "gpu"}] and "claims" not in second["resources"]
