@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
@@ -95,8 +96,9 @@ def slice_name(node: str) -> str:
     return f"{node}-{DRIVER}"
 
 
-def reconcile(api_client: client.ApiClient, specs: Iterable[NodeSpec]) -> int:
-    """The DeviceClass, and exactly one slice per GPU node of `specs` (others deleted); returns the count."""
+def reconcile(api_client: client.ApiClient, specs: Iterable[NodeSpec], workers: int = 32) -> int:
+    """The DeviceClass, and exactly one slice per GPU node of `specs` (others deleted), concurrently as the
+    nodes are (`--gpu-nodes 1000`); returns the count."""
     resource = client.ResourceV1Api(api_client)
     wanted = {slice_name(s.name): resource_slice(s) for s in specs if physical_gpus(s)}
     dc = device_class()
@@ -114,14 +116,17 @@ def reconcile(api_client: client.ApiClient, specs: Iterable[NodeSpec]) -> int:
             label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}"
         ).items
     }
-    for name in existing:
-        if name not in wanted:
-            resource.delete_resource_slice(name)
-    for name, body in wanted.items():
+
+    def put(item: tuple[str, dict[str, Any]]) -> None:
+        name, body = item
         if name in existing:
             resource.replace_resource_slice(name, _with_version(existing[name], body))
         else:
             resource.create_resource_slice(body)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(resource.delete_resource_slice, [n for n in existing if n not in wanted]))
+        list(pool.map(put, wanted.items()))
     return len(wanted)
 
 

@@ -56,3 +56,10 @@ def test_requirement_ids_reach_junit_report_json_and_the_fragment(suite):  # noq
         "driver_runtime_management"
     ]
     result.stdout.fnmatch_lines(["*AI Conformance evidence -> out/c.json*"])
+
+
+def test_allocation_dra_with_a_fleet_sweep_is_a_usage_error(suite):  # noqa: F811
+    suite.makepyfile(test_x="def test_x():\n    pass\n")
+    result = suite.runpytest("--allocation=dra", "--all-nodes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--allocation*fleet sweep does not yet request GPUs through DRA*"])
