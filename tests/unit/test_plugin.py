@@ -297,6 +297,34 @@ class TestReports:
         result.stdout.fnmatch_lines(["gpu-acceptance: reports in out/: report.html, report.json, junit.xml"])
         assert "<h2>Environment</h2>" in (suite.path / "out" / "report.html").read_text()
 
+    SCENARIO_TESTS = """
+        import pytest
+
+        pytestmark = [pytest.mark.gpu, pytest.mark.sharing]
+
+        def test_time_slicing(run_state):
+            run_state.scenarios["time_slicing"] = {"node": "n1", "replicas": 2}
+            run_state.scenario_findings.setdefault(
+                "test_s.py::test_time_slicing", []
+            ).append("time_slicing")
+
+        def test_mps():
+            pytest.skip("mps: no GPU node has nvidia.com/gpu.sharing-strategy=mps")
+        """
+
+    def test_a_run_of_scenario_checks_only_is_judged_by_them(self, suite):
+        suite.makepyfile(test_s=self.SCENARIO_TESTS)
+        result = suite.runpytest("--target=local", "-m", "sharing", "--report-dir=out")
+        result.assert_outcomes(passed=1, skipped=1)
+        report = report_json(suite)
+        assert report["outcome"] == "passed"
+        assert [(s["name"], s["group"], s["outcome"]) for s in report["scenarios"]] == [
+            ("time_slicing", "sharing", "passed"),
+            ("mps", "sharing", "skipped"),
+        ]
+        assert report["scenarios"][0]["findings"] == {"time_slicing": {"node": "n1", "replicas": 2}}
+        assert report["environment"]["node"] == "n1"
+
     def test_tests_under_tests_gpu_turn_the_reports_on(self, suite):
         (suite.path / "tests" / "gpu").mkdir(parents=True)
         (suite.path / "tests" / "gpu" / "test_a.py").write_text(self.LAYER_TEST)
