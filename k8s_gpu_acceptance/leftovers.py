@@ -225,11 +225,16 @@ def plan_reaping(
     are skipped (their deletion is under way).
     """
     wanted_runs = set(run_ids)
+    items = sorted(leftovers, key=lambda o: (o.kind != "namespace", o.namespace or "", o.name))
+    # An object in one of our namespaces lives and dies with that namespace: --keep marks only the namespace
+    # (owner dropped, a day's expiry), and its pods still name the finished process as owner. Reaping them on
+    # their own emptied a kept namespace on the next run (seen on the H100 cluster, 2026-11-25).
+    ours = {o.name for o in items if o.kind == "namespace"}
     chosen: list[Reap] = []
-    for item in sorted(leftovers, key=lambda o: (o.kind != "namespace", o.namespace or "", o.name)):
+    for item in items:
         if item.run_id == current_run or item.terminating:
             continue
-        reason = abandoned(item, now, me, proc)
+        reason = None if item.namespace in ours else abandoned(item, now, me, proc)
         if reason is None and everything:
             reason = f"run {item.run_id}: --all"
         old = older_than is not None and item.created is not None and now - item.created >= older_than

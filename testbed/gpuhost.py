@@ -730,6 +730,16 @@ def python_environment(python: str) -> tuple[tuple[str, ...], str | None]:
     return paths, found.get("torch")
 
 
+def probe_image_paths(python: str) -> tuple[str, ...]:
+    """What the GPU host's probe image holds: the interpreter's environment, plus the system libraries the
+    driver's nvidia-smi needs (CDI mounts nvidia-smi, not the glibc parts it links: in the small image of
+    the H100 cluster run it failed with "libpthread.so.0: cannot open shared object file")."""
+    paths, _ = python_environment(python)
+    smi = shutil.which("nvidia-smi")
+    needed = images.shared_libraries([os.path.realpath(smi)]) if smi else set()
+    return (*paths, *sorted(p for p in needed if not images.is_driver_library(p)))
+
+
 def add_probe_image(python: str) -> str:
     """Build the probe image of another interpreter into the running GPU host node; returns its name.
 
@@ -741,8 +751,7 @@ def add_probe_image(python: str) -> str:
     state = State.load()
     if state is None or not state.real_node:
         raise TestbedError("no running node: start one with `python -m testbed up --gpu-host` first")
-    paths, _ = python_environment(python)
-    spec = dataclasses.replace(images.probe_image_spec(paths, python), stream=True)
+    spec = dataclasses.replace(images.probe_image_spec(probe_image_paths(python), python), stream=True)
     started = time.monotonic()
     image = images.build_image(spec, versions.cache_root() / "images")
     log(f"probe image {image.name}: {len(image.entries or {})} files, {image.size / 2**30:.2f} GiB")
@@ -772,8 +781,8 @@ def plugin_image_spec(bindir: Path, nvml_dependencies: tuple[str, ...] = ()) -> 
 
 def node_options(host: GpuHost) -> NodeOptions:
     """The real node of a GPU host: no fake plugin, no taint (the only node), torch in the probe image."""
-    paths, _ = python_environment(host.python)
     libs = driver_libraries()  # fails early, before any cluster exists, on a host without a driver
+    paths = probe_image_paths(host.python)
     nvml_dependencies = tuple(sorted(images.shared_libraries([libs.nvml])))
     return NodeOptions(
         name=host.node_name,

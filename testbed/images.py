@@ -159,8 +159,16 @@ class RootFS:
             if not todo:
                 return
             for lib in shared_libraries(todo):
-                self.add_host_path(lib)
+                if not is_driver_library(lib):
+                    self.add_host_path(lib)
             done.update(todo)
+
+
+def is_driver_library(path: str) -> bool:
+    """A library of the NVIDIA driver: CDI mounts the host's into GPU pods, an image must never carry one
+    (a copy would give pods without a GPU the driver, and pods with one a second, maybe older, driver)."""
+    name = os.path.basename(path)
+    return name.startswith(("libnvidia-", "libcuda.so", "libcudadebugger", "libnvcuvid", "libnvoptix"))
 
 
 def shared_libraries(files: Sequence[str]) -> set[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed import gpuhost
+from testbed import gpuhost, images
 from testbed.errors import TestbedError
 
 
@@ -154,3 +154,10 @@ def test_gfd_runs_once_into_a_file_without_the_node_feature_api(tmp_path):
     assert cmd[0] == str(tmp_path / "gpu-feature-discovery")
     assert {"--oneshot", "--use-node-feature-api=false", "--driver-root-ctr-path=/"} <= set(cmd)
     assert f"--output-file={tmp_path / 'labels'}" in cmd
+
+
+def test_probe_image_never_carries_driver_libraries():
+    for lib in ("/usr/local/nvidia/lib64/libnvidia-ml.so.1", "/lib/libcuda.so.1", "/x/libcudadebugger.so.1"):
+        assert images.is_driver_library(lib)
+    for lib in ("/lib/x86_64-linux-gnu/libpthread.so.0", "/opt/venv/lib/libcudart.so.13", "/lib/libc.so.6"):
+        assert not images.is_driver_library(lib)

@@ -100,6 +100,25 @@ def test_plan_deletes_namespaces_first_and_not_what_goes_with_them():
     assert [r.leftover.ref() for r in plan] == ["namespace/gpu-acceptance-r1", "pod/team-ns/gpu-probe-r2"]
 
 
+def test_a_kept_namespace_keeps_its_pods_though_their_process_is_gone():
+    # The H100 cluster run: `--keep` marked the namespace (a day's expiry, no owner); the next run reaped its
+    # pod and ConfigMap because they still named the finished process as owner.
+    me = leftovers.current_owner()
+    kept = {k: v for k, v in leftovers.kept_annotations(NOW).items() if v is not None}
+    dead = {EXPIRES_AT_KEY: "2026-11-25T12:30:00Z", OWNER_KEY: dead_owner().encode()}
+    found = [
+        item(annotations=kept),
+        item("pod", "gpu-probe-r1", "gpu-acceptance-r1", annotations=dead),
+        item("configmap", "gpu-probe-r1", "gpu-acceptance-r1", annotations=dead),
+        item("pod", "gpu-probe-r2", "team-ns", run_id="r2", annotations=dead),  # user's namespace: its own
+    ]
+    plan = leftovers.plan_reaping(found, NOW, me)
+    assert [r.leftover.ref() for r in plan] == ["pod/team-ns/gpu-probe-r2"]
+    # A day later the namespace has expired and takes its contents with it.
+    later = leftovers.plan_reaping(found, NOW + dt.timedelta(hours=25), me)
+    assert [r.leftover.ref() for r in later] == ["namespace/gpu-acceptance-r1", "pod/team-ns/gpu-probe-r2"]
+
+
 def test_plan_widens_only_on_request():
     me = leftovers.current_owner()
     live = {EXPIRES_AT_KEY: "2026-11-25T13:00:00Z", OWNER_KEY: me.encode()}

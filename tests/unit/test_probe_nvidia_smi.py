@@ -61,3 +61,19 @@ def test_the_next_candidate_runs_when_the_first_cannot_start(
     assert result.metrics["path"] == good  # it ran: the failure is now nvidia-smi's own output, not ENOENT
     assert "cannot start" in result.evidence["unstartable"][0]
     assert result.status == "fail" and "exited 0" in (result.error or "")
+
+
+def test_a_system_library_missing_for_nvidia_smi_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The H100 cluster's small image (python3 alone): the driver's nvidia-smi could not load libpthread.
+    (tmp_path / "bin").mkdir()
+    message = (
+        "/usr/local/nvidia/bin/nvidia-smi: error while loading shared libraries: libpthread.so.0: "
+        "cannot open shared object file: No such file or directory"
+    )
+    _executable(tmp_path / "bin" / "nvidia-smi", f"#!/bin/sh\necho '{message}' >&2\nexit 127\n")
+    result = _layer(monkeypatch, [tmp_path / "bin"], ())
+    assert result.status == "fail" and "exited 127" in (result.error or "")
+    assert result.diagnosis and "libpthread.so.0" in result.diagnosis["cause"]
+    assert "libpthread.so.0" in result.diagnosis["fix"]

@@ -79,3 +79,20 @@ def test_garbled_log_is_what_the_script_makes() -> None:
     spec.loader.exec_module(module)
     h100 = (RECORDINGS / "h100.log").read_text(encoding="utf-8")
     assert module.garble(h100) == (RECORDINGS / "garbled.log").read_text(encoding="utf-8")
+
+
+def test_h100_cluster_recording_was_measured_by_the_pod_itself() -> None:
+    # The probe pod of the all-layers run on the real single-node H100 cluster (issue 10): CDI gave it the
+    # GPU (NVIDIA_VISIBLE_DEVICES=void: the plugin's cdi-cri strategy), the host's nvidia-smi and libcuda.
+    doc = load("h100-cluster")
+    assert doc["exit_code"] == 0
+    assert all(doc["layers"][name]["status"] == "pass" for name in LAYER_NAMES)
+    identity = doc["identity"]
+    assert identity["in_kubernetes"] is True and identity["node_name"] == "vm"
+    assert identity["pod_name"] == identity["hostname"] and identity["pod_name"].startswith("gpu-probe-")
+    assert identity["user_uid"] == 10001
+    assert doc["env"]["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert "/dev/nvidia0" in doc["layers"]["driver"]["metrics"]["device_nodes"]
+    assert doc["layers"]["nvidia_smi"]["metrics"]["path"] == "/usr/local/nvidia/bin/nvidia-smi"
+    assert doc["layers"]["gpt2"]["metrics"]["device"] == "cuda:0"
+    assert 0.5 < doc["layers"]["gpu_perf"]["metrics"]["tflops_ratio"] < 1

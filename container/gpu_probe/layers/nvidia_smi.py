@@ -154,6 +154,13 @@ def _smi_failure_diagnosis(first_line: str) -> dict[str, str] | None:
             "fix": "on a host: load the driver (modprobe nvidia) / reboot after a driver upgrade; in a pod: "
             "set runtimeClassName: nvidia and request nvidia.com/gpu",
         }
+    if "error while loading shared libraries" in first_line:
+        library = first_line.split("error while loading shared libraries:", 1)[1].split(":", 1)[0].strip()
+        return {
+            "cause": f"nvidia-smi, mounted from the node's driver, needs {library}, which this image lacks: "
+            "the runtime injects the driver's files, not the system libraries they link",
+            "fix": f"use an image that has {library} (a full glibc, as every CUDA base image has), or add it",
+        }
     if "Driver/library version mismatch" in first_line:
         return {
             "cause": "the user-space driver libraries do not match the loaded kernel module",
