@@ -122,4 +122,6 @@ def test_the_html_shows_the_scenario_checks_under_the_verdict():
     scenarios = page.index("Scenario checks (2 passed, 1 skipped)")
     assert banner < scenarios < page.index("Key figures")
     assert "0.254, 0.226, 0.226, 0.227" in page
+    assert "gpus_seen probe (requests nvidia.com/gpu): 1, shared (no request): 0" in page
+    assert 'Layers: <span class="o-not-run">not-run</span>' in page  # the layers' own verdict
     assert SKIP_MPS in page

@@ -107,6 +107,10 @@ def test_layer_times_are_the_probes_own_median_across_nodes():
 def test_the_html_shows_the_spread_and_the_worst_node():
     page = "".join(html_summary(sweep_state(), Settings()))
     assert "Key figures across the nodes" in page
-    assert "gpu-node-3: " in page
+    across = page[page.index("gpu-acc-across-nodes") :]
+    row = across[across.index('<tr data-figure="gpt2_p50_ms">') :].split("</tr>")[0]
+    assert f"gpu-node-3: {_p50(SLOW):.2f} ms" in row
+    assert 'data-figure="bf16_tflops"' in page and "all equal" in page  # no node is worse than another
+    assert page.index("<h3>Key figures</h3>") < page.index("Key figures across the nodes")
     assert page.index("Key figures across the nodes") < page.index("<h2>Environment</h2>")
     assert "bf16 matmul" in page and "(the median across the nodes)" in page
