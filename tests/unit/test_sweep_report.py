@@ -24,6 +24,7 @@ from k8s_gpu_acceptance.report import build_json_report, html_summary, probe_dur
 from k8s_gpu_acceptance.report_hooks import sweep_node_of
 from k8s_gpu_acceptance.settings import Settings
 from k8s_gpu_acceptance.state import LayerOutcome, RunState
+from k8s_gpu_acceptance.summary import markdown_summary
 from k8s_gpu_acceptance.sweep import Target
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
@@ -114,3 +115,12 @@ def test_the_html_shows_the_spread_and_the_worst_node():
     assert page.index("<h3>Key figures</h3>") < page.index("Key figures across the nodes")
     assert page.index("Key figures across the nodes") < page.index("<h2>Environment</h2>")
     assert "bf16 matmul" in page and "(the median across the nodes)" in page
+
+
+def test_the_ci_summary_gives_the_spread_and_the_worst_node():
+    text = markdown_summary(build_json_report(sweep_state(), Settings()))
+    assert "nodes: min / max, worst |" in text
+    p50 = next(line for line in text.splitlines() if line.startswith("| GPT-2 per-token latency p50 "))
+    assert f"| 3: {_p50(H100):.2f} ms / {_p50(SLOW):.2f} ms, worst gpu-node-3 |" in p50
+    bf16 = next(line for line in text.splitlines() if line.startswith("| bf16 matmul |"))
+    assert bf16.endswith(", all equal |")
