@@ -233,6 +233,31 @@ def gpu_sight(document: ProbeDocument | Mapping[str, Any]) -> GpuSight:
     )
 
 
+def distinct_gpu_problems(sights: Mapping[str, GpuSight]) -> list[str]:
+    """What is wrong when 1-GPU pods running at once on one node should each see one GPU of their own.
+
+    Each pod: exactly one GPU by NVML and by nvidia-smi (the same UUID, no device node for another GPU);
+    no UUID in two pods. NVIDIA's DRA driver tests assert the same (distinct UUIDs for separate claims).
+    """
+    problems: list[str] = []
+    owners: dict[str, list[str]] = {}
+    for pod, sight in sights.items():
+        if len(sight.nvml_uuids) != 1 or len(sight.smi_uuids) != 1:
+            problems.append(f"{pod} sees {sight.describe()} (exactly 1 GPU expected)")
+        elif sight.nvml_uuids != sight.smi_uuids:
+            problems.append(f"{pod}: NVML sees {sight.nvml_uuids[0]}, nvidia-smi {sight.smi_uuids[0]}")
+        if len(sight.device_nodes) > 1:
+            problems.append(
+                f"{pod} has device nodes of {len(sight.device_nodes)} GPUs: {', '.join(sight.device_nodes)}"
+            )
+        for uuid in sight.uuids:
+            owners.setdefault(uuid, []).append(pod)
+    problems += [
+        f"{uuid} is seen by {' and '.join(pods)}" for uuid, pods in sorted(owners.items()) if len(pods) > 1
+    ]
+    return problems
+
+
 def is_replayed(document: ProbeDocument | Mapping[str, Any], pod_name: str) -> bool:
     """A document that names no pod, or another pod, was not measured by this pod (e.g. a recording)."""
     return ProbeDocument.of(document).identity.get("pod_name") != pod_name

@@ -46,6 +46,13 @@ if [ -n "$BIG" ]; then
     $K logs -n "${p%/*}" "${p#*/}" > "$TMP/full/pod-${p#*/}.log" 2>&1
   done
   $K get nodes -o yaml > "$TMP/full/nodes.yaml" 2>&1; pack full
+  NGPU=$(nvidia-smi -L | grep -c '^GPU ')
+  if [ "$NGPU" -ge 2 ] && [ "$(left)" -gt 200 ]; then  # issue 16: one pod given every GPU of the node
+    mkdir -p "$TMP/all-gpus"
+    timeout $(( $(left) / 4 )) $PYT -m "gpu and not sharing and not exhaustion and not isolation and not distinct_gpus" \
+      --gpus="$NGPU" --image="$BIG" --report-dir="$TMP/all-gpus" > "$TMP/all-gpus/pytest.txt" 2>&1
+    el "--gpus=$NGPU run rc=$? ($(tail -1 "$TMP/all-gpus/pytest.txt"))"; pack all-gpus
+  fi
   if [ "$(left)" -gt 150 ]; then
     timeout 120 python3 -m testbed up --gpu-host --bin-dir /opt/kga/bin --python $SP --time-slicing 4 >> "$R/up.log" 2>&1
     el "time-slicing 4: rc=$?"

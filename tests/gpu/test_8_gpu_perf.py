@@ -20,21 +20,32 @@ def test_gpu_throughput_and_bandwidth_near_spec(probe_run, gpu_settings, run_sta
             stacklevel=1,
         )
         return
-    for what, ratio, limit, option in (
-        (
-            "bf16 matmul TFLOP/s / spec",
-            float(m["tflops_ratio"]),
-            gpu_settings.min_tflops_ratio,
-            "--min-tflops-ratio",
-        ),
-        (
-            "memory bandwidth / spec",
-            float(m["bandwidth_ratio"]),
-            gpu_settings.min_bandwidth_ratio,
-            "--min-bandwidth-ratio",
-        ),
-    ):
-        if ratio < limit:
-            fail(
-                diagnose_threshold("gpu_perf", what, ratio, limit, "x", higher_is_worse=False, option=option)
-            )
+    # A multi-GPU pod measured each of its GPUs (`per_gpu`); one slow GPU fails the layer, named.
+    for gpu in m.get("per_gpu") or [m]:
+        where = f" (GPU {gpu['index']}, {gpu['device_name']})" if "index" in gpu else ""
+        for what, ratio, limit, option in (
+            (
+                "bf16 matmul TFLOP/s / spec",
+                gpu["tflops_ratio"],
+                gpu_settings.min_tflops_ratio,
+                "--min-tflops-ratio",
+            ),
+            (
+                "memory bandwidth / spec",
+                gpu["bandwidth_ratio"],
+                gpu_settings.min_bandwidth_ratio,
+                "--min-bandwidth-ratio",
+            ),
+        ):
+            if ratio is not None and float(ratio) < limit:
+                fail(
+                    diagnose_threshold(
+                        "gpu_perf",
+                        what + where,
+                        float(ratio),
+                        limit,
+                        "x",
+                        higher_is_worse=False,
+                        option=option,
+                    )
+                )

@@ -14,10 +14,12 @@ from k8s_gpu_acceptance.settings import Settings, Toleration
 from k8s_gpu_acceptance.sharing import (
     SCENARIO_ANNOTATION,
     START_AT_ENV,
+    GpuSight,
     PodState,
     add_shared_container,
     common_window_s,
     detect_sharing,
+    distinct_gpu_problems,
     eligible_gpu_nodes,
     extra_verdict,
     gpu_request,
@@ -371,3 +373,35 @@ def test_isolation_leak_names_both_fixes():
         "volume-mounts" in d.fix and "accept-nvidia-visible-devices-envvar-when-unprivileged = false" in d.fix
     )
     assert "--allow-envvar-sharing" in d.fix and "'all'" in d.cause
+
+
+# --- distinct GPUs on a multi-GPU node (synthetic sights: no 2-GPU recording exists yet) ---
+
+
+def _sight(*uuids: str, smi: tuple[str, ...] | None = None, nodes: int | None = None) -> GpuSight:
+    count = len(uuids) if nodes is None else nodes
+    return GpuSight(
+        uuids, uuids if smi is None else smi, len(uuids), tuple(f"/dev/nvidia{i}" for i in range(count))
+    )
+
+
+def test_one_gpu_pods_with_their_own_gpus_pass():
+    assert distinct_gpu_problems({"a": _sight("GPU-1"), "b": _sight("GPU-2")}) == []
+
+
+def test_a_gpu_handed_out_twice_is_named_with_both_pods():
+    problems = distinct_gpu_problems({"a": _sight("GPU-1"), "b": _sight("GPU-1")})
+    assert problems == ["GPU-1 is seen by a and b"]
+
+
+def test_a_pod_seeing_every_gpu_or_none_fails():
+    problems = distinct_gpu_problems({"a": _sight("GPU-1", "GPU-2"), "b": _sight()})
+    assert problems[0].startswith("a sees NVML 2, nvidia-smi 2") and "exactly 1 GPU expected" in problems[0]
+    assert any(p.startswith("a has device nodes of 2 GPUs") for p in problems)
+    assert any(p.startswith("b sees no GPU") for p in problems)
+    assert "GPU-1 is seen by" not in " ".join(problems)  # one pod seeing a GPU is not a duplicate
+
+
+def test_nvml_and_nvidia_smi_must_agree_in_a_pod():
+    problems = distinct_gpu_problems({"a": _sight("GPU-1", smi=("GPU-9",)), "b": _sight("GPU-2")})
+    assert problems == ["a: NVML sees GPU-1, nvidia-smi GPU-9"]

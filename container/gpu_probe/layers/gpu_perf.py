@@ -18,7 +18,8 @@ COPY_REPS = 20
 
 
 def measure(ctx: Context, result: LayerResult) -> None:
-    """Pass when both figures were measured on cuda:0; skipped when torch.cuda is not usable."""
+    """Pass when both figures were measured on cuda:0 (and on every other GPU the pod has, in `per_gpu`);
+    skipped when torch.cuda is not usable."""
     torch_layer = ctx.results.get("torch_cuda")
     if "torch_cuda" in ctx.options.layers and torch_layer is not None and torch_layer.status != "pass":
         result.set("skipped", f"torch_cuda did not pass ({torch_layer.status}): no GPU to measure")
@@ -55,11 +56,39 @@ def measure(ctx: Context, result: LayerResult) -> None:
             "spec_basis": "vendor datasheet, dense (no sparsity) bf16 tensor TFLOP/s; peak memory GB/s",
         }
     )
+    count = torch.cuda.device_count()
+    if count > 1:  # a multi-GPU pod: every GPU it was given is measured, each on its own
+        result.metrics["per_gpu"] = [_figures(0, name, spec, tflops, bandwidth)] + [
+            _measure_device(torch, index, each_s) for index in range(1, count)
+        ]
     result.evidence["method"] = (
         f"bf16 {MATMUL_N}^3 matmul (2*N^3 FLOP), {MATMUL_WARMUP} warm-up + {matmul_reps} timed with CUDA "
         f"events; device-to-device copy of {copy_bytes} bytes, {COPY_WARMUP} warm-up + {copy_reps} timed"
     )
     result.set("pass")
+
+
+def _figures(
+    index: int, name: str, spec: dict[str, Any] | None, tflops: float, bandwidth: float
+) -> dict[str, Any]:
+    """One GPU's row of `per_gpu`."""
+    return {
+        "index": index,
+        "device_name": name,
+        "bf16_tflops": round(tflops, 1),
+        "memory_bandwidth_gbps": round(bandwidth, 1),
+        "tflops_ratio": ratio(tflops, spec["bf16_tflops"]) if spec else None,
+        "bandwidth_ratio": ratio(bandwidth, spec["memory_bandwidth_gbps"]) if spec else None,
+    }
+
+
+def _measure_device(torch: Any, index: int, each_s: float) -> dict[str, Any]:
+    """The same two figures on cuda:<index> (tensors and events follow the current device)."""
+    with torch.cuda.device(index):
+        name = torch.cuda.get_device_name(index)
+        tflops, _reps = _matmul_tflops(torch, each_s)
+        bandwidth, _bytes, _copies = _copy_bandwidth_gbps(torch, each_s)
+    return _figures(index, name, lookup_spec(name), tflops, bandwidth)
 
 
 def _timed_ms(torch: Any, func: Any, warmup: int, reps: int) -> float:
