@@ -344,16 +344,21 @@ class TestReports:
         """
 
     def test_a_run_of_scenario_checks_only_is_judged_by_them(self, suite):
-        suite.makepyfile(test_s=self.SCENARIO_TESTS)
-        result = suite.runpytest("--target=local", "-m", "sharing", "--report-dir=out")
-        result.assert_outcomes(passed=1, skipped=1)
+        suite.makepyfile(
+            test_s=self.SCENARIO_TESTS,
+            test_t="import pytest\n\n@pytest.mark.distinct_gpus\ndef test_distinct():\n    pass\n",
+        )
+        result = suite.runpytest("--target=local", "-m", "sharing or distinct_gpus", "--report-dir=out")
+        result.assert_outcomes(passed=2, skipped=1)
         report = report_json(suite)
         assert report["outcome"] == "passed"
-        assert [(s["name"], s["group"], s["outcome"]) for s in report["scenarios"]] == [
-            ("time_slicing", "sharing", "passed"),
+        assert sorted((s["name"], s["group"], s["outcome"]) for s in report["scenarios"]) == [
+            ("distinct", "distinct_gpus", "passed"),
             ("mps", "sharing", "skipped"),
+            ("time_slicing", "sharing", "passed"),
         ]
-        assert report["scenarios"][0]["findings"] == {"time_slicing": {"node": "n1", "replicas": 2}}
+        slicing = next(s for s in report["scenarios"] if s["name"] == "time_slicing")
+        assert slicing["findings"] == {"time_slicing": {"node": "n1", "replicas": 2}}
         assert report["environment"]["node"] == "n1"
 
     def test_tests_under_tests_gpu_turn_the_reports_on(self, suite):

@@ -11,7 +11,7 @@ import datetime as dt
 
 from k8s_gpu_acceptance.cluster import ClusterFacts, DevicePluginFacts, NodeFacts
 from k8s_gpu_acceptance.diagnosis import Diagnosis
-from k8s_gpu_acceptance.report import SCHEMA_VERSION, build_json_report, html_summary
+from k8s_gpu_acceptance.report import SCHEMA_VERSION, build_json_report, finding_figures, html_summary
 from k8s_gpu_acceptance.settings import Settings
 from k8s_gpu_acceptance.state import RunState, ScenarioOutcome
 from k8s_gpu_acceptance.summary import markdown_summary
@@ -125,3 +125,9 @@ def test_the_html_shows_the_scenario_checks_under_the_verdict():
     assert "gpus_seen probe (requests nvidia.com/gpu): 1, shared (no request): 0" in page
     assert 'Layers: <span class="o-not-run">not-run</span>' in page  # the layers' own verdict
     assert SKIP_MPS in page
+
+
+def test_distinct_gpus_figures_count_pods_and_distinct_uuids():
+    data = {"node": "n8", "pods": {"p0": ["GPU-a"], "p1": ["GPU-b"], "p2": ["GPU-b"]}, "problems": ["twice"]}
+    figures = finding_figures("distinct_gpus", data)
+    assert figures == {"node": "n8", "pods": 3, "gpus_seen": 3, "distinct_gpus": 2, "problems": 1}
