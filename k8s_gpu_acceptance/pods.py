@@ -121,7 +121,9 @@ def classify_pod(pod: dict[str, Any], events: list[dict[str, Any]] | None = None
         message = status.get("message") or ""
         return Verdict("fail", "DeadlineExceeded", PodFailure("deadline", "DeadlineExceeded", message))
     if phase in ("Succeeded", "Failed"):
-        return Verdict("done", f"{phase.lower()}")
+        node = (pod.get("spec") or {}).get("nodeName")
+        exits = _exits(status)
+        return Verdict("done", f"{phase}{f' on {node}' if node else ''}{f': {exits}' if exits else ''}")
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     scheduled = conditions.get("PodScheduled") or {}
     events = events or []
@@ -151,17 +153,33 @@ def classify_pod(pod: dict[str, Any], events: list[dict[str, Any]] | None = None
             )
     if not pod.get("spec", {}).get("nodeName"):
         return Verdict("wait", "Pending: waiting for the scheduler")
-    for cs in status.get("containerStatuses") or []:
+    statuses = status.get("containerStatuses") or []
+    for cs in statuses:
         state = cs.get("state") or {}
         if "running" in state:
             return Verdict("wait", f"Running on {pod['spec']['nodeName']}")
         reason = (state.get("waiting") or {}).get("reason")
         if reason:
             return Verdict("wait", f"{reason} on {pod['spec']['nodeName']}")
+    if statuses and all("terminated" in (cs.get("state") or {}) for cs in statuses):
+        # The containers have ended but the kubelet has not yet set the pod's phase: say how they ended
+        # (this read "Pending on <node>" after "Running", as if the pod had gone back).
+        return Verdict("wait", f"{_exits(status)} on {pod['spec']['nodeName']}")
     pulling = [e for e in events if e.get("reason") == "Pulling"]
     if pulling:
         return Verdict("wait", f"pulling image on {pod['spec']['nodeName']}")
     return Verdict("wait", f"Pending on {pod['spec']['nodeName']}")
+
+
+def _exits(status: dict[str, Any]) -> str:
+    """`probe exited 0 (Completed)` for each container that has ended; "" when none has."""
+    out = []
+    for cs in status.get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated is not None:
+            reason = f" ({terminated['reason']})" if terminated.get("reason") else ""
+            out.append(f"{cs.get('name', 'container')} exited {terminated.get('exitCode', '?')}{reason}")
+    return ", ".join(out)
 
 
 def pod_template() -> Path:
@@ -473,6 +491,7 @@ class PodSession:
             if verdict.state == "fail":
                 note(f"failed: {verdict.progress}")
                 return verdict.failure
+            note(verdict.progress)  # Succeeded/Failed, with each container's exit code
             return "done"
 
         try:

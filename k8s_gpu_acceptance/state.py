@@ -43,6 +43,23 @@ class LayerOutcome:
     evidence: dict[str, str] = field(default_factory=dict)
 
 
+SCENARIO_MARKERS = ("isolation", "exhaustion", "sharing", "distinct_gpus")
+"""The scenario checks: not layers of the chain, but their outcome counts in the run's verdict."""
+
+
+@dataclass
+class ScenarioOutcome:
+    """How one scenario test ended (isolation, exhaustion, sharing, distinct_gpus): a run of
+    `pytest -m sharing` has no layer outcome at all, and its verdict is these."""
+
+    name: str  # the test without `test_`, with its parameters: `pod_without_gpu_request_sees_no_gpu[x]`
+    group: str  # its marker: isolation, exhaustion or sharing
+    outcome: Outcome
+    duration_s: float = 0.0
+    message: str = ""
+    diagnosis: Diagnosis | None = None
+
+
 @dataclass
 class RunState:
     """The run's identity, the facts its fixtures gathered, and the per-layer outcomes."""
@@ -59,6 +76,9 @@ class RunState:
     )  # AI Conformance evidence, per requirement and test
     probe: ProbeRun | None = None
     scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each scenario test's outcome (by node id), and the `scenarios` keys it recorded (by node id).
+    scenario_outcomes: dict[str, ScenarioOutcome] = field(default_factory=dict)
+    scenario_findings: dict[str, list[str]] = field(default_factory=dict)
     layers: dict[str, LayerOutcome] = field(default_factory=dict)
     finished_at: dt.datetime | None = None
     # The fleet sweep (--all-nodes): its pods, and per node the probe's run and each node layer's outcome.

@@ -323,7 +323,43 @@ class TestReports:
             "report.json",
         ]
         result.stdout.fnmatch_lines(["gpu-acceptance: reports in out/: report.html, report.json, junit.xml"])
-        assert "<h2>Environment</h2>" in (suite.path / "out" / "report.html").read_text()
+        page = (suite.path / "out" / "report.html").read_text()
+        assert "<h2>Environment</h2>" in page
+        # skipped rows folded like passed ones (the H100 run's page opened on five skip-reason boxes)
+        assert "&#34;renderCollapsed&#34;: [&#34;passed&#34;, &#34;skipped&#34;]" in page
+
+    SCENARIO_TESTS = """
+        import pytest
+
+        pytestmark = [pytest.mark.gpu, pytest.mark.sharing]
+
+        def test_time_slicing(run_state):
+            run_state.scenarios["time_slicing"] = {"node": "n1", "replicas": 2}
+            run_state.scenario_findings.setdefault(
+                "test_s.py::test_time_slicing", []
+            ).append("time_slicing")
+
+        def test_mps():
+            pytest.skip("mps: no GPU node has nvidia.com/gpu.sharing-strategy=mps")
+        """
+
+    def test_a_run_of_scenario_checks_only_is_judged_by_them(self, suite):
+        suite.makepyfile(
+            test_s=self.SCENARIO_TESTS,
+            test_t="import pytest\n\n@pytest.mark.distinct_gpus\ndef test_distinct():\n    pass\n",
+        )
+        result = suite.runpytest("--target=local", "-m", "sharing or distinct_gpus", "--report-dir=out")
+        result.assert_outcomes(passed=2, skipped=1)
+        report = report_json(suite)
+        assert report["outcome"] == "passed"
+        assert sorted((s["name"], s["group"], s["outcome"]) for s in report["scenarios"]) == [
+            ("distinct", "distinct_gpus", "passed"),
+            ("mps", "sharing", "skipped"),
+            ("time_slicing", "sharing", "passed"),
+        ]
+        slicing = next(s for s in report["scenarios"] if s["name"] == "time_slicing")
+        assert slicing["findings"] == {"time_slicing": {"node": "n1", "replicas": 2}}
+        assert report["environment"]["node"] == "n1"
 
     def test_tests_under_tests_gpu_turn_the_reports_on(self, suite):
         (suite.path / "tests" / "gpu").mkdir(parents=True)

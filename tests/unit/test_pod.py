@@ -116,6 +116,24 @@ def test_progress_then_done():
     assert classify_pod(_status(phase="Failed", node="n1")).state == "done"
 
 
+def _ended(phase: str, code: int, reason: str) -> dict:
+    terminated = {"exitCode": code, "reason": reason}
+    return _status(
+        phase=phase, node="vm", containerStatuses=[{"name": "probe", "state": {"terminated": terminated}}]
+    )
+
+
+def test_a_finished_pod_says_how_its_container_ended_never_pending():
+    # As the H100 cluster run of 2026-11-25 saw it: the container ended while the phase still said Running;
+    # the progress line read "Pending on vm (+15.4s)" after "Running on vm".
+    ended = classify_pod(_ended("Running", 0, "Completed"))
+    assert (ended.state, ended.progress) == ("wait", "probe exited 0 (Completed) on vm")
+    done = classify_pod(_ended("Succeeded", 0, "Completed"))
+    assert (done.state, done.progress) == ("done", "Succeeded on vm: probe exited 0 (Completed)")
+    failed = classify_pod(_ended("Failed", 137, "OOMKilled"))
+    assert (failed.state, failed.progress) == ("done", "Failed on vm: probe exited 137 (OOMKilled)")
+
+
 def test_deadline_exceeded_by_the_kubelet_fails_with_its_message():
     # As the real kubelet 1.36 leaves a pod past its activeDeadlineSeconds (seen on the testbed's real node).
     message = "Pod was active on the node longer than the specified deadline"

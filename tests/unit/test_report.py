@@ -126,7 +126,7 @@ def failing_state() -> RunState:
 def test_json_report_has_the_versioned_schema_and_run_facts():
     report = build_json_report(passing_state(), Settings())
     assert report["schema"] == SCHEMA == "k8s-gpu-acceptance/report"
-    assert report["schema_version"] == SCHEMA_VERSION == "1.2"
+    assert report["schema_version"] == SCHEMA_VERSION == "1.3"
     assert report["run_id"] == "20261122-100000-a1b2c3"
     assert report["target"] == "k8s"
     assert report["started_at"] == "2026-11-22T10:00:00+00:00"
@@ -389,6 +389,24 @@ def test_summary_has_the_environment_and_a_verdict_per_layer_in_order():
     assert "the container runtime did not inject the GPU" in driver_row
     assert "<script>" not in verdict_html and ENV_SECRET not in verdict_html + env_html
     assert 'class="o-failed">failed<' in verdict_html
+
+
+def test_the_scheduling_time_says_it_is_the_pod_round_trip_and_when_the_pod_ran():
+    # The H100 cluster run's page said "Scheduling 15.83 s" beside 0.35 s for the driver: the suite's time
+    # for scheduling is the probe pod's whole round trip. Its timeline, as that run's pod recorded it:
+    state = passing_state()
+    state.layers["scheduling"] = LayerOutcome("scheduling", "passed", 15.831)
+    assert state.probe is not None and state.probe.pod is not None
+    state.probe.pod.timeline = [
+        "+  0.0s Pending on vm",
+        "+  0.1s ContainerCreating on vm",
+        "+  0.6s Running on vm",
+        "+ 14.6s probe exited 0 (Completed) on vm",
+    ]
+    verdict_html = html_summary(state, Settings())[2]  # review, environment, layers, AI Conformance
+    row = re.search(r'<tr data-layer="scheduling">.*?</tr>', verdict_html).group(0)
+    assert "15.83 s (pod round trip; Running after 0.6 s)" in row
+    assert "which includes the probe pod's whole run" in verdict_html
 
 
 # -------------------------------------------------------------------------------------------- paths

@@ -108,6 +108,14 @@ def test_trend_budget_far_off_scale_is_not_drawn() -> None:
     assert "budget" not in svg and ET.fromstring(svg) is not None
 
 
+def test_trend_ticks_of_a_small_figure_stay_distinct() -> None:
+    # The H100 cluster run's small-image report: probe duration 0.011 s, its axis read 0.01, 0.01, 0.01, 0.
+    svg = trend_svg(FIGURES_BY_NAME["probe_duration_s"], [], 0.011, None, None)
+    ends = [t.text or "" for t in ET.fromstring(svg).iter(f"{SVG}text") if t.get("text-anchor") == "end"]
+    labels = [text for text in ends if " " not in text]  # the axis, not the "0.011 s · no baseline" note
+    assert labels == ["0", "0.005", "0.01", "0.015"]
+
+
 def test_trends_html_only_figures_with_data() -> None:
     html = trends_html({"bf16_tflops": 785.0}, HISTORY, None, THRESHOLDS)
     assert html.count("<svg") == 1 and 'data-figure="bf16_tflops"' in html

@@ -375,6 +375,12 @@ def test_isolation_leak_names_both_fixes():
     assert "--allow-envvar-sharing" in d.fix and "'all'" in d.cause
 
 
+def test_naming_another_gpu_uuid_is_called_the_workflow_sharing_trick_and_a_security_finding():
+    d = diagnose_isolation_leak("visible-uuid", "NVML 1", {"NVIDIA_VISIBLE_DEVICES": "GPU-1"})
+    assert "GPU-sharing trick of Argo/Metaflow workflows" in d.cause and "security finding" in d.cause
+    assert "trick" not in diagnose_isolation_leak("visible-all", "NVML 1", {}).cause
+
+
 # --- distinct GPUs on a multi-GPU node (synthetic sights: no 2-GPU recording exists yet) ---
 
 

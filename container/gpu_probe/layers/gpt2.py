@@ -329,6 +329,14 @@ class HubTokenizer:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
+def load_model(requested: str | None, target: str, seed: int = 1234) -> tuple[str, Any, Any]:
+    """(model name, tokenizer, model on `target`): what the gpt2 layer measures, for other programs that
+    serve the same model (examples/inference)."""
+    name, source = resolve_model(requested)
+    tokenizer, model = _load(name, source, target, seed)
+    return name, tokenizer, model
+
+
 def _load(
     model_name: str, source: str, target: str, seed: int, offline_only: bool = False
 ) -> tuple[Any, Any]:
