@@ -13,15 +13,18 @@ import dataclasses
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from k8s_gpu_acceptance import dra, mps_check
+from k8s_gpu_acceptance.checks import fail
 from k8s_gpu_acceptance.cluster import GPU_RESOURCE, REQUEST_TIMEOUT, Connection, NodeFacts
+from k8s_gpu_acceptance.diagnosis import diagnose_pod_did_not_run
 from k8s_gpu_acceptance.document import ProbeDocument
-from k8s_gpu_acceptance.pods import PodSession, PodState, Progress, build_probe_pod, classify_pod
+from k8s_gpu_acceptance.pods import PodRun, PodSession, PodState, Progress, build_probe_pod, classify_pod
+from k8s_gpu_acceptance.probe import read_document
 from k8s_gpu_acceptance.run import run_labels
 from k8s_gpu_acceptance.settings import Settings, Toleration
 
@@ -529,6 +532,36 @@ class ScenarioPods(PodSession):
             if (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
                 total += gpu_request(body)
         return total
+
+    def collect(
+        self,
+        name: str,
+        layer: str,
+        containers: Iterable[str] = ("probe",),
+        read: Callable[[str, str], tuple[Any, str | None]] = read_document,
+    ) -> tuple[PodRun, dict[str, Any]]:
+        """Wait for an already created scenario pod and read each container's document with `read(log,
+        where) -> (document, error)`; a pod that did not run, or a log without a document, fails the test
+        with the diagnosis of `layer`."""
+        containers = tuple(containers)
+        result, logs = self.run_pod(name, containers)
+        where = f"pod {self.namespace}/{name} on {result.node_name or '?'}"
+        documents: dict[str, Any] = {}
+        for container in containers:
+            document, error = read(logs[container], where) if container in logs else (None, None)
+            if document is None:
+                failure = result.failure
+                if failure is not None:
+                    fail(
+                        diagnose_pod_did_not_run(layer, where, failure.kind, failure.reason, failure.message)
+                    )
+                fail(
+                    diagnose_pod_did_not_run(
+                        layer, f"{where}, container {container}", "output", "", error or "no log"
+                    )
+                )
+            documents[container] = document
+        return result, documents
 
 
 def holder_verdict(state: PodState) -> str | None:

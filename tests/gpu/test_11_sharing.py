@@ -21,7 +21,6 @@ from k8s_gpu_acceptance.diagnosis import (
     diagnose_mps_memory_limit,
     diagnose_mps_no_gpu,
     diagnose_multi_container,
-    diagnose_pod_did_not_run,
     diagnose_time_slicing,
 )
 from k8s_gpu_acceptance.mps_check import LIMIT_ENV
@@ -64,30 +63,8 @@ def _run(pods, pod, containers=("probe",), read=read_document):
 
     `read(log, where) -> (document, error)`: the probe's document, or e.g. read_mps_check's.
     """
-    name = pod["metadata"]["name"]
     pods.create_pod(pod)
-    return _collect(pods, name, containers, read)
-
-
-def _collect(pods, name, containers=("probe",), read=read_document):
-    result, logs = pods.run_pod(name, containers)
-    where = f"pod {pods.namespace}/{name} on {result.node_name or '?'}"
-    documents = {}
-    for container in containers:
-        document, error = read(logs[container], where) if container in logs else (None, None)
-        if document is None:
-            failure = result.failure
-            if failure is not None:
-                fail(
-                    diagnose_pod_did_not_run("sharing", where, failure.kind, failure.reason, failure.message)
-                )
-            fail(
-                diagnose_pod_did_not_run(
-                    "sharing", f"{where}, container {container}", "output", "", error or "no log"
-                )
-            )
-        documents[container] = document
-    return result, documents
+    return pods.collect(pod["metadata"]["name"], "sharing", containers, read)
 
 
 def test_containers_of_one_pod_on_one_gpu(record_scenario, sharing_pods, cluster_facts, gpu_settings):
@@ -163,7 +140,7 @@ def test_time_slicing_replicas_share_one_gpu(record_scenario, sharing_pods, clus
                 synced_start=start_at,
             )
         )
-    docs = {name: _collect(sharing_pods, name)[1]["probe"] for name in names}
+    docs = {name: sharing_pods.collect(name, "sharing")[1]["probe"] for name in names}
     figures = []
     for name, doc in docs.items():
         perf = doc.metrics("gpu_perf")

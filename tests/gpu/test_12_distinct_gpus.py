@@ -9,8 +9,7 @@ test skips on them instead of failing for the simulation's sake. Not a layer of 
 import pytest
 
 from k8s_gpu_acceptance.checks import fail
-from k8s_gpu_acceptance.diagnosis import diagnose_distinct_gpus, diagnose_pod_did_not_run
-from k8s_gpu_acceptance.probe import read_document
+from k8s_gpu_acceptance.diagnosis import diagnose_distinct_gpus
 from k8s_gpu_acceptance.sharing import (
     detect_sharing,
     distinct_gpu_problems,
@@ -52,17 +51,7 @@ def test_one_gpu_pods_at_once_each_see_their_own_gpu(
         )
     sights = {}
     for name in names:
-        result, logs = pods.run_pod(name, ("probe",))
-        where = f"pod {pods.namespace}/{name} on {result.node_name or '?'}"
-        document, error = read_document(logs["probe"], where) if "probe" in logs else (None, None)
-        if document is None:
-            failure = result.failure
-            kind, reason, message = (
-                (failure.kind, failure.reason, failure.message)
-                if failure
-                else ("output", "", error or "no log")
-            )
-            fail(diagnose_pod_did_not_run("distinct_gpus", where, kind, reason, message))
+        document = pods.collect(name, "distinct_gpus")[1]["probe"]
         if is_replayed(document, name):
             pytest.skip(
                 f"distinct GPUs: the document of {name} was not measured by that pod (a replayed recording, "
