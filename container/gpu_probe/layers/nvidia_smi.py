@@ -22,11 +22,6 @@ def nvidia_smi_candidates() -> list[str]:
     return list(dict.fromkeys(os.path.abspath(p) for p in runnable))
 
 
-def find_nvidia_smi() -> str | None:
-    """nvidia-smi on PATH, else in the places the runtime mounts it."""
-    return next(iter(nvidia_smi_candidates()), None)
-
-
 def program_interpreter(path: str) -> str | None:
     """The interpreter the kernel needs to start a file: its `#!` line, or an ELF's PT_INTERP loader."""
     try:
@@ -73,7 +68,8 @@ def _run(args: list[str]) -> tuple[int | None, str, str]:
 
 def measure(ctx: Context, result: LayerResult) -> None:
     """Pass when nvidia-smi exits 0 and its CSV query lists at least one GPU."""
-    path = find_nvidia_smi()
+    candidates = nvidia_smi_candidates()
+    path = candidates[0] if candidates else None
     result.metrics.update({"exit_code": None, "path": path, "gpu_count": 0, "gpus": []})
     if path is None:
         caps = ctx.env.get("NVIDIA_DRIVER_CAPABILITIES")
@@ -91,7 +87,7 @@ def measure(ctx: Context, result: LayerResult) -> None:
         )
         return
     unstartable: list[str] = []
-    for candidate in nvidia_smi_candidates():  # the first that starts; a mount of the wrong build may not
+    for candidate in candidates:  # the first that starts; a mount of the wrong build may not
         try:
             table_code, table, table_err = _run([candidate])
         except OSError as exc:
