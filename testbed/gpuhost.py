@@ -779,9 +779,8 @@ def plugin_image_spec(bindir: Path, nvml_dependencies: tuple[str, ...] = ()) -> 
     )
 
 
-def node_options(host: GpuHost) -> NodeOptions:
+def node_options(host: GpuHost, libs: DriverLibraries) -> NodeOptions:
     """The real node of a GPU host: no fake plugin, no taint (the only node), torch in the probe image."""
-    libs = driver_libraries()  # fails early, before any cluster exists, on a host without a driver
     paths = probe_image_paths(host.python)
     nvml_dependencies = tuple(sorted(images.shared_libraries([libs.nvml])))
     return NodeOptions(

@@ -158,7 +158,8 @@ def _start_gpu_host(host: gpuhost.GpuHost, t0: float) -> State:
     """Control plane (kwokctl, no kwok controller) + the real node + NVIDIA's device plugin; no MinIO."""
     bindir = Path(host.bin_dir)
     gpuhost.check_bin_dir(bindir)
-    options = gpuhost.node_options(host)  # fails early when the interpreter cannot import torch
+    libs = gpuhost.driver_libraries()  # fails early, before any cluster exists, on a host without a driver
+    options = gpuhost.node_options(host, libs)  # fails early when the interpreter cannot import torch
     t = step("binaries ready", t0)
     hostcheck.save_baseline(hostcheck.snapshot())
     sdir = state_dir()
@@ -187,7 +188,6 @@ def _start_gpu_host(host: gpuhost.GpuHost, t0: float) -> State:
         )
         start_real_node(state, bindir, sdir, options)
         t = step(f"real node {host.node_name} Ready", t)
-        libs = gpuhost.driver_libraries()
         log(libs.describe())
         state.gpu_host = {**state.gpu_host, "ld_conf": gpuhost.register_driver_libraries(libs)}
         state.save()
