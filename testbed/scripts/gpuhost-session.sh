@@ -1,7 +1,8 @@
 #!/bin/bash
 # The whole issue-10 sequence on a GPU host without network, as the H100 runs of 2026-11-25 used it (see
 # docs/h100-gpu-host-2026-11-25/): unpack the bundle, `up --gpu-host` with a small probe image, the suite,
-# the torch probe image, the suite again with all 8 layers, time-slicing and the sharing checks, `down`,
+# the torch probe image, the suite again with all 8 layers, the serving check (GPT-2 Deployment under load),
+# time-slicing and the sharing checks, `down`,
 # `check-clean`. Every step has a share of a time budget, so a run cut short still leaves its results.
 #
 # Before (on a machine with Go): python -m testbed bundle --out .gpuhost/bundle; the suite's wheels in
@@ -15,7 +16,7 @@ T0=$(date +%s); W=$PWD; TMP=/tmp/kga-out
 left() { echo $(( B - ($(date +%s) - T0) )); }
 el() { echo "[gpuhost +$(( $(date +%s) - T0 ))s] $*" | tee -a "$R/steps.txt"; }
 pack() { tar czf "$R/$1.tgz" -C "$TMP" "$1" 2>/dev/null; }
-mkdir -p "$R" "$TMP"/{small,full,shared,rest}
+mkdir -p "$R" "$TMP"/{small,full,serving,shared,rest}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpuhost/wheels/*.whl
 export PYTHONPATH=/tmp/site:$W
 el "wheels in; $(nvidia-smi -L | tr '\n' ' ')"
@@ -46,6 +47,15 @@ if [ -n "$BIG" ]; then
     $K logs -n "${p%/*}" "${p#*/}" > "$TMP/full/pod-${p#*/}.log" 2>&1
   done
   $K get nodes -o yaml > "$TMP/full/nodes.yaml" 2>&1; pack full
+  # The --keep'd run above leaves its exhaustion holders holding the GPUs: remove everything the suite made.
+  python3 -m k8s_gpu_acceptance.cleanup --all --delete > "$TMP/rest/cleanup-after-full.txt" 2>&1
+  $K wait --for=delete namespace -l app.kubernetes.io/managed-by=k8s-gpu-acceptance --timeout=90s >> "$TMP/rest/cleanup-after-full.txt" 2>&1
+  if [ "$(left)" -gt 240 ]; then  # issue 14: the GPT-2 service as a Deployment under load; GPUs+1 replicas: one Pending
+    mkdir -p "$TMP/serving"
+    timeout $(( $(left) / 4 )) $PYT -m serving --image="$BIG" --report-dir="$TMP/serving" > "$TMP/serving/pytest.txt" 2>&1
+    el "serving run rc=$? ($(tail -1 "$TMP/serving/pytest.txt")); $(grep -E 'serving: [0-9]+ client' "$TMP/serving/pytest.txt" | tr '\n' ' ')"
+    pack serving
+  fi
   NGPU=$(nvidia-smi -L | grep -c '^GPU ')
   if [ "$NGPU" -ge 2 ] && [ "$(left)" -gt 200 ]; then  # issue 16: one pod given every GPU of the node
     mkdir -p "$TMP/all-gpus"
