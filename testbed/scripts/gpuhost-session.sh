@@ -50,7 +50,7 @@ if [ -n "$BIG" ]; then
   # The --keep'd run above leaves its exhaustion holders holding the GPUs: remove everything the suite made.
   python3 -m k8s_gpu_acceptance.cleanup --all --delete > "$TMP/rest/cleanup-after-full.txt" 2>&1
   $K wait --for=delete namespace -l app.kubernetes.io/managed-by=k8s-gpu-acceptance --timeout=90s >> "$TMP/rest/cleanup-after-full.txt" 2>&1
-  if [ "$(left)" -gt 240 ]; then  # issue 14: the GPT-2 service as a Deployment under load; GPUs+1 replicas: one Pending
+  if [ "$(left)" -gt 480 ]; then  # issue 14: the GPT-2 service as a Deployment under load; GPUs+1 replicas: one Pending
     mkdir -p "$TMP/serving"
     timeout $(( $(left) / 4 )) $PYT -m serving --image="$BIG" --report-dir="$TMP/serving" > "$TMP/serving/pytest.txt" 2>&1
     el "serving run rc=$? ($(tail -1 "$TMP/serving/pytest.txt")); $(grep -E 'serving: [0-9]+ client' "$TMP/serving/pytest.txt" | tr '\n' ' ')"
