@@ -11,6 +11,7 @@ libraries the venv's compiled modules load. A real cluster passes an image holdi
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,7 +55,10 @@ def run_serving(testbed: Any, tmp_path: Path, leftovers: Callable[..., list[str]
     the run left nothing behind."""
     runs: list[SuiteRun] = []
 
-    def run(image: str, *args: str, mount: bool = True) -> SuiteRun:
+    def run(
+        image: str, *args: str, mount: bool = True, interrupt: Callable[[str], None] | None = None
+    ) -> SuiteRun:
+        """One run; with `interrupt(run_id)`, which returns at the moment to stop it, SIGTERM then."""
         folder = tmp_path / f"run-{len(runs)}"
         folder.mkdir()
         (folder / "pytest.ini").write_text(
@@ -83,17 +87,22 @@ def run_serving(testbed: Any, tmp_path: Path, leftovers: Callable[..., list[str]
         ]
         env = {**os.environ, **testbed.env, "GPU_ACCEPTANCE_RUN_ID": run_id, "PYTHONPATH": str(REPO)}
         started = time.monotonic()
-        result = subprocess.run(
-            command, capture_output=True, text=True, env=env, cwd=folder, timeout=420, check=False
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=folder
         )
+        runs.append(SuiteRun(-1, "", run_id, folder / "reports", 0.0))
+        try:
+            if interrupt is not None:
+                interrupt(run_id)
+                process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=420)
+        finally:
+            if process.poll() is None:
+                process.kill()
         suite_run = SuiteRun(
-            result.returncode,
-            result.stdout + result.stderr,
-            run_id,
-            folder / "reports",
-            time.monotonic() - started,
+            process.returncode, output, run_id, folder / "reports", time.monotonic() - started
         )
-        runs.append(suite_run)
+        runs[-1] = suite_run
         return suite_run
 
     yield run
@@ -174,3 +183,26 @@ def test_an_image_without_torch_fails_fast_with_the_servers_own_words(run_servin
     skipped = scenario(run, "one_replica_more_than_the_free_gpus_stays_pending")
     assert skipped["outcome"] == "skipped" and "never became ready" in skipped["message"], skipped
     assert run.wall_s < 120, f"took {run.wall_s:.0f}s: not fast"
+
+
+def test_sigterm_while_waiting_for_readiness_leaves_nothing(
+    run_serving: Any, serving_image: str, testbed_api: Any
+) -> None:
+    """CI cancels with SIGTERM: the suite turns it into Ctrl-C, and the serving fixture, interrupted in its
+    readiness wait (pytest then drops its finalizers), deletes what it made; run_serving checks nothing is
+    left."""
+    from kubernetes import client, watch
+
+    apps = client.AppsV1Api(testbed_api)
+
+    def when_deployed(run_id: str) -> None:
+        selector = f"k8s-gpu-acceptance/run-id={run_id}"
+        for _event in watch.Watch().stream(
+            apps.list_deployment_for_all_namespaces, label_selector=selector, timeout_seconds=90
+        ):
+            return
+        pytest.fail("the serving Deployment did not appear within 90 s")
+
+    run = run_serving(serving_image, *LIGHT, interrupt=when_deployed)
+    assert run.ret == 2, run.output  # interrupted
+    assert "KeyboardInterrupt: signal 15" in run.output, run.output[-2000:]
