@@ -45,9 +45,15 @@ if [ -n "$BIG" ]; then
   for p in $($K get pods -A -l k8s-gpu-acceptance/role=probe -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{"\n"}{end}'); do
     $K logs -n "${p%/*}" "${p#*/}" > "$TMP/full/pod-${p#*/}.log" 2>&1
   done
-  $K get nodes -o yaml > "$TMP/full/nodes.yaml" 2>&1; pack full
+  $K get nodes -o yaml > "$TMP/full/nodes.yaml" 2>&1
+  # --keep kept the exhaustion holders running on every GPU: free them as a user would, or the next run
+  # finds no free GPU (met on the 2-GPU host: "Insufficient nvidia.com/gpu" for --gpus=2).
+  python3 -m k8s_gpu_acceptance.cleanup --all --delete > "$TMP/full/cleanup.txt" 2>&1
+  el "kept objects deleted: rc=$? ($(tail -1 "$TMP/full/cleanup.txt"))"
+  $K wait --for=delete pods -A -l app.kubernetes.io/managed-by=k8s-gpu-acceptance --timeout=60s > /dev/null 2>&1
+  el "their pods gone: rc=$?"; pack full
   NGPU=$(nvidia-smi -L | grep -c '^GPU ')
-  if [ "$NGPU" -ge 2 ] && [ "$(left)" -gt 200 ]; then  # issue 16: one pod given every GPU of the node
+  if [ "$NGPU" -ge 2 ] && [ "$(left)" -gt 90 ]; then  # issue 16: one pod given every GPU of the node
     mkdir -p "$TMP/all-gpus"
     timeout $(( $(left) / 4 )) $PYT -m "gpu and not sharing and not exhaustion and not isolation and not distinct_gpus" \
       --gpus="$NGPU" --image="$BIG" --report-dir="$TMP/all-gpus" > "$TMP/all-gpus/pytest.txt" 2>&1
