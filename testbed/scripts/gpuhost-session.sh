@@ -57,9 +57,13 @@ if [ -n "$BIG" ]; then
     mkdir -p "$TMP/all-gpus"
     timeout $(( $(left) / 4 )) $PYT -m "gpu and not sharing and not exhaustion and not isolation and not distinct_gpus" \
       --gpus="$NGPU" --image="$BIG" --report-dir="$TMP/all-gpus" > "$TMP/all-gpus/pytest.txt" 2>&1
-    el "--gpus=$NGPU run rc=$? ($(tail -1 "$TMP/all-gpus/pytest.txt"))"; pack all-gpus
+    el "--gpus=$NGPU run rc=$? ($(tail -1 "$TMP/all-gpus/pytest.txt"))"
+    mkdir -p "$TMP/all-gpus/sweep"  # the fleet sweep's node row with each GPU's figures
+    timeout 90 $PYT -m "gpu and not sharing and not exhaustion and not isolation and not distinct_gpus" \
+      --all-nodes --gpus="$NGPU" --image="$BIG" --report-dir="$TMP/all-gpus/sweep" > "$TMP/all-gpus/sweep/pytest.txt" 2>&1
+    el "--all-nodes --gpus=$NGPU sweep rc=$? ($(tail -1 "$TMP/all-gpus/sweep/pytest.txt"))"; pack all-gpus
   fi
-  if [ "$(left)" -gt 150 ]; then
+  if [ "${SHARING:-1}" = 1 ] && [ "$(left)" -gt 150 ]; then  # SHARING=0: skip (already proven on this host)
     timeout 120 python3 -m testbed up --gpu-host --bin-dir /opt/kga/bin --python $SP --time-slicing 4 >> "$R/up.log" 2>&1
     el "time-slicing 4: rc=$?"
     timeout $(( $(left) - 40 )) $PYT -m sharing --image="$BIG" --report-dir="$TMP/shared" > "$TMP/shared/pytest.txt" 2>&1
