@@ -103,7 +103,7 @@ def suite_run(args: argparse.Namespace, kubeconfig: str, extra: list[str]) -> tu
     command = [
         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--rootdir={REPO}", "-q", "--no-header",
         "-c", str(REPO / "pytest.ini"), str(REPO / "tests" / "gpu"),
-        "-m", "gpu and not sharing and not isolation and not exhaustion",
+        "-m", "gpu and not (sharing or isolation or exhaustion or distinct_gpus or serving)",
         f"--report-dir={work / 'reports'}", f"--kubeconfig={kubeconfig}", *extra,
     ]  # fmt: skip
     started = time.perf_counter()

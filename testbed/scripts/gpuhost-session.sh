@@ -63,6 +63,12 @@ if [ -n "$BIG" ]; then
       --all-nodes --gpus="$NGPU" --image="$BIG" --report-dir="$TMP/all-gpus/sweep" > "$TMP/all-gpus/sweep/pytest.txt" 2>&1
     el "--all-nodes --gpus=$NGPU sweep rc=$? ($(tail -1 "$TMP/all-gpus/sweep/pytest.txt"))"; pack all-gpus
   fi
+  if [ "${BENCH:-1}" = 1 ] && [ "$(left)" -gt 150 ]; then  # issue 13: time to verdict on a GPU node
+    mkdir -p "$TMP/bench"
+    timeout $(( $(left) - 100 )) python3 bench/bench_time_to_verdict.py --image "$BIG" --repeats 3 \
+      > "$TMP/bench/time-to-verdict.txt" 2>&1
+    el "time-to-verdict bench rc=$? ($(grep 'ratio' "$TMP/bench/time-to-verdict.txt"))"; pack bench
+  fi
   if [ "${SHARING:-1}" = 1 ] && [ "$(left)" -gt 150 ]; then  # SHARING=0: skip (already proven on this host)
     timeout 120 python3 -m testbed up --gpu-host --bin-dir /opt/kga/bin --python $SP --time-slicing 4 >> "$R/up.log" 2>&1
     el "time-slicing 4: rc=$?"
