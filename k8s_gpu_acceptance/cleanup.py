@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     core = client.CoreV1Api(connection.api)
     resource = client.ResourceV1Api(connection.api)
+    apps = client.AppsV1Api(connection.api)
     try:
-        found = leftovers.find_leftovers(core, REQUEST_TIMEOUT, resource)
+        found = leftovers.find_leftovers(core, REQUEST_TIMEOUT, resource, apps)
     except Exception as exc:
         print(f"cleanup: {describe_api_error(exc, connection.server)}", file=sys.stderr)
         return 2
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"would delete {item.leftover.ref()} ({item.reason})")
         print(f"cleanup: dry run: {len(plan)} object(s) would be deleted; pass --delete to delete them")
         return 0
-    result = leftovers.reap(core, plan, REQUEST_TIMEOUT, resource)
+    result = leftovers.reap(core, plan, REQUEST_TIMEOUT, resource, apps)
     for line in result.lines():
         print(line)
     print(

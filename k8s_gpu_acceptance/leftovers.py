@@ -32,7 +32,7 @@ KEEP_TTL_S = 24 * 3600.0  # --keep: long enough to debug, and still not forever
 MANAGED_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY_VALUE}"
 PROC = Path("/proc")
 
-Kind = Literal["namespace", "configmap", "pod", "resourceclaimtemplate"]
+Kind = Literal["namespace", "configmap", "pod", "resourceclaimtemplate", "deployment", "service"]
 
 
 # --- who owns an object ------------------------------------------------------------------------------
@@ -266,26 +266,24 @@ def _leftover(kind: Kind, obj: Any) -> Leftover:
 
 
 def find_leftovers(
-    core: Any, request_timeout: tuple[float, float], resource: Any | None = None
+    core: Any, request_timeout: tuple[float, float], resource: Any | None = None, apps: Any | None = None
 ) -> list[Leftover]:
-    """Every namespace, ConfigMap and pod labelled as the suite's, cluster-wide (three list calls), and with
-    `resource` (a ResourceV1Api) the ResourceClaimTemplates of --allocation dra (skipped where the cluster
-    does not serve resource.k8s.io/v1)."""
+    """Every namespace, ConfigMap, pod and Service labelled as the suite's, cluster-wide (four list calls),
+    with `resource` (a ResourceV1Api) the ResourceClaimTemplates of --allocation dra (skipped where the
+    cluster does not serve resource.k8s.io/v1), and with `apps` (an AppsV1Api) the serving check's
+    Deployments."""
+    listers: list[tuple[Kind, Any]] = [
+        ("namespace", core.list_namespace),
+        ("configmap", core.list_config_map_for_all_namespaces),
+        ("pod", core.list_pod_for_all_namespaces),
+        ("service", core.list_service_for_all_namespaces),
+    ]
+    if apps is not None:
+        listers.append(("deployment", apps.list_deployment_for_all_namespaces))
     found = [
-        _leftover("namespace", ns)
-        for ns in core.list_namespace(label_selector=MANAGED_SELECTOR, _request_timeout=request_timeout).items
-    ]
-    found += [
-        _leftover("configmap", cm)
-        for cm in core.list_config_map_for_all_namespaces(
-            label_selector=MANAGED_SELECTOR, _request_timeout=request_timeout
-        ).items
-    ]
-    found += [
-        _leftover("pod", pod)
-        for pod in core.list_pod_for_all_namespaces(
-            label_selector=MANAGED_SELECTOR, _request_timeout=request_timeout
-        ).items
+        _leftover(kind, obj)
+        for kind, lister in listers
+        for obj in lister(label_selector=MANAGED_SELECTOR, _request_timeout=request_timeout).items
     ]
     if resource is not None:
         from kubernetes.client.rest import ApiException
@@ -303,22 +301,34 @@ def find_leftovers(
 
 
 def delete_leftover(
-    core: Any, item: Leftover, request_timeout: tuple[float, float], resource: Any | None = None
+    core: Any,
+    item: Leftover,
+    request_timeout: tuple[float, float],
+    resource: Any | None = None,
+    apps: Any | None = None,
 ) -> None:
     """Request the deletion (background propagation); a 404 means someone was faster and is fine."""
     from kubernetes.client.rest import ApiException
 
     body = {"propagationPolicy": "Background", "gracePeriodSeconds": 0}
+    needs = {"resourceclaimtemplate": (resource, "a ResourceV1Api"), "deployment": (apps, "an AppsV1Api")}
+    api, what = needs.get(item.kind, (core, ""))
+    if api is None:
+        raise ValueError(f"{item.ref()}: deleting it needs {what}")
     try:
         if item.kind == "namespace":
             core.delete_namespace(item.name, body=body, _request_timeout=request_timeout)
         elif item.kind == "configmap":
             core.delete_namespaced_config_map(item.name, item.namespace, _request_timeout=request_timeout)
         elif item.kind == "resourceclaimtemplate":
-            if resource is None:
-                raise ValueError(f"{item.ref()}: deleting a ResourceClaimTemplate needs a ResourceV1Api")
-            resource.delete_namespaced_resource_claim_template(
+            api.delete_namespaced_resource_claim_template(
                 item.name, item.namespace, _request_timeout=request_timeout
+            )
+        elif item.kind == "service":
+            core.delete_namespaced_service(item.name, item.namespace, _request_timeout=request_timeout)
+        elif item.kind == "deployment":
+            api.delete_namespaced_deployment(
+                item.name, item.namespace, body=body, _request_timeout=request_timeout
             )
         else:
             core.delete_namespaced_pod(item.name, item.namespace, body=body, _request_timeout=request_timeout)
@@ -340,13 +350,17 @@ class ReapResult:
 
 
 def reap(
-    core: Any, plan: Iterable[Reap], request_timeout: tuple[float, float], resource: Any | None = None
+    core: Any,
+    plan: Iterable[Reap],
+    request_timeout: tuple[float, float],
+    resource: Any | None = None,
+    apps: Any | None = None,
 ) -> ReapResult:
     """Delete what the plan says, each on its own (one failure does not stop the others)."""
     result = ReapResult([], [])
     for item in plan:
         try:
-            delete_leftover(core, item.leftover, request_timeout, resource)
+            delete_leftover(core, item.leftover, request_timeout, resource, apps)
         except Exception as exc:
             status = getattr(exc, "status", None)
             reason = getattr(exc, "reason", None) or type(exc).__name__

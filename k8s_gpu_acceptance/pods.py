@@ -182,11 +182,16 @@ def _exits(status: dict[str, Any]) -> str:
     return ", ".join(out)
 
 
+def checkout_file(relative: Path) -> Path:
+    """A file of the checkout: beside the package (a checkout or an editable install), else in the current
+    directory (a `pip install .` run from its checkout, as the nightly CronJob does)."""
+    beside = Path(__file__).resolve().parent.parent / relative
+    return beside if beside.is_file() else Path.cwd() / relative
+
+
 def pod_template() -> Path:
-    """manifests/probe-pod.yaml of the checkout: beside the package (a checkout or an editable install), else
-    in the current directory (a `pip install .` run from its checkout, as the nightly CronJob does)."""
-    beside = Path(__file__).resolve().parent.parent / POD_TEMPLATE
-    return beside if beside.is_file() else Path.cwd() / POD_TEMPLATE
+    """manifests/probe-pod.yaml of the checkout."""
+    return checkout_file(POD_TEMPLATE)
 
 
 def probe_configmap_data(package: Path = PROBE_PACKAGE) -> dict[str, str]:
@@ -304,6 +309,7 @@ class PodSession:
         self.api = connection.api
         self.core = client.CoreV1Api(connection.api)
         self.resource = client.ResourceV1Api(connection.api)
+        self.apps = client.AppsV1Api(connection.api)
         self.settings = settings
         self.run_id = run_id
         self.progress = progress
@@ -374,25 +380,30 @@ class PodSession:
         self.items = probe_configmap_items(data)
         self.opened = True
 
-    def create_pod(self, pod: dict[str, Any]) -> None:
-        """Create a pod in the session's namespace; registered first, so a half-made run is cleaned too."""
+    def create(self, kind: str, body: dict[str, Any]) -> None:
+        """Create an object of `kind` (pod, configmap, deployment, service, resourceclaimtemplate) in the
+        session's namespace with the lease annotations; registered first, so a half-made run is cleaned
+        too."""
         self.renew()
-        pod["metadata"]["annotations"] = {**(pod["metadata"].get("annotations") or {}), **self.lease()}
-        self.created.append(("pod", pod["metadata"]["name"]))
-        self.core.create_namespaced_pod(self.namespace, pod, _request_timeout=REQUEST_TIMEOUT)
+        body["metadata"]["annotations"] = {**(body["metadata"].get("annotations") or {}), **self.lease()}
+        self.created.append((kind, body["metadata"]["name"]))
+        creators: dict[str, Callable[..., Any]] = {
+            "pod": self.core.create_namespaced_pod,
+            "configmap": self.core.create_namespaced_config_map,
+            "service": self.core.create_namespaced_service,
+            "deployment": self.apps.create_namespaced_deployment,
+            "resourceclaimtemplate": self.resource.create_namespaced_resource_claim_template,
+        }
+        creators[kind](self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
+
+    def create_pod(self, pod: dict[str, Any]) -> None:
+        """Create a pod in the session's namespace."""
+        self.create("pod", pod)
 
     def create_claim_template(self, template: dict[str, Any]) -> None:
-        """Create a ResourceClaimTemplate (--allocation dra); registered first, like a pod. The claims made
-        from it are owned by their pod and go with it."""
-        self.renew()
-        template["metadata"]["annotations"] = {
-            **(template["metadata"].get("annotations") or {}),
-            **self.lease(),
-        }
-        self.created.append(("resourceclaimtemplate", template["metadata"]["name"]))
-        self.resource.create_namespaced_resource_claim_template(
-            self.namespace, template, _request_timeout=REQUEST_TIMEOUT
-        )
+        """Create a ResourceClaimTemplate (--allocation dra). The claims made from it are owned by their pod
+        and go with it."""
+        self.create("resourceclaimtemplate", template)
 
     def _claims_evidence(self, pod_json: dict[str, Any], result: PodRun) -> list[dra.ClaimFacts]:
         """claims_of, for evidence only: a failure to read is noted, the pod's own verdict stands."""
@@ -610,13 +621,37 @@ class PodSession:
             "resourceclaimtemplate": lambda n: self.resource.delete_namespaced_resource_claim_template(
                 n, self.namespace, _request_timeout=REQUEST_TIMEOUT
             ),
+            "service": lambda n: self.core.delete_namespaced_service(
+                n, self.namespace, _request_timeout=REQUEST_TIMEOUT
+            ),
+            # Foreground: the Deployment's ReplicaSet and pods go before it is gone (in --namespace, where
+            # no namespace deletion takes them).
+            "deployment": lambda n: self.apps.delete_namespaced_deployment(
+                n,
+                self.namespace,
+                body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                _request_timeout=REQUEST_TIMEOUT,
+            ),
             "namespace": lambda n: self.core.delete_namespace(
                 n, body=options, _request_timeout=REQUEST_TIMEOUT
             ),
         }
-        # A namespace the session made goes whole: its pods in one call (grace 0: the API removes them at
-        # once, so their GPUs are free when pytest returns; a sweep has a thousand), then the namespace.
+        # A namespace the session made goes whole: its Deployments (so no ReplicaSet makes new pods), its pods
+        # in one call (grace 0: the API removes them at once, so their GPUs are free when pytest returns; a
+        # sweep has a thousand), then the namespace.
         if self.created_namespace:
+            for kind, name in self.created:
+                if kind != "deployment":
+                    continue
+                try:
+                    deleters[kind](name)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        problems.append(f"could not delete {kind}/{name}: {exc.status} {exc.reason}")
+                except Exception as exc:
+                    problems.append(
+                        f"could not delete {kind}/{name}: {describe_api_error(exc, self.connection.server)}"
+                    )
             try:
                 self.core.delete_collection_namespaced_pod(
                     self.namespace, grace_period_seconds=0, _request_timeout=REQUEST_TIMEOUT
@@ -656,19 +691,15 @@ class PodSession:
             if self.created_namespace:
                 self.core.patch_namespace(self.namespace, patch, _request_timeout=REQUEST_TIMEOUT)
                 return []
+            patchers: dict[str, Callable[..., Any]] = {
+                "pod": self.core.patch_namespaced_pod,
+                "configmap": self.core.patch_namespaced_config_map,
+                "service": self.core.patch_namespaced_service,
+                "deployment": self.apps.patch_namespaced_deployment,
+                "resourceclaimtemplate": self.resource.patch_namespaced_resource_claim_template,
+            }
             for kind, name in self.created:
-                if kind == "pod":
-                    self.core.patch_namespaced_pod(
-                        name, self.namespace, patch, _request_timeout=REQUEST_TIMEOUT
-                    )
-                elif kind == "configmap":
-                    self.core.patch_namespaced_config_map(
-                        name, self.namespace, patch, _request_timeout=REQUEST_TIMEOUT
-                    )
-                elif kind == "resourceclaimtemplate":
-                    self.resource.patch_namespaced_resource_claim_template(
-                        name, self.namespace, patch, _request_timeout=REQUEST_TIMEOUT
-                    )
+                patchers[kind](name, self.namespace, patch, _request_timeout=REQUEST_TIMEOUT)
         except Exception as exc:
             return [
                 f"--keep: could not mark the kept objects: {describe_api_error(exc, self.connection.server)}"
@@ -676,31 +707,37 @@ class PodSession:
         return []
 
     def _wait_pods_gone(self, wait_s: float) -> list[str]:
-        """Watch until the session's pods are gone: then no GPU is held any more when pytest returns.
+        """Watch until the run's pods in the namespace are gone (its own and those its Deployments made):
+        then no GPU is held any more when pytest returns.
 
         Not the namespace: kube-controller-manager's namespace controller waits a fixed 5 s
         (namespaceDeletionGracePeriod) before it empties and removes a deleted namespace, which would cost
         every run 5 s for nothing. A terminating namespace is not a leftover: the next run leaves it alone,
         and the cleanup command lists one stuck in Terminating.
         """
-        pods = [name for kind, name in self.created if kind == "pod"]
-        if not pods:
-            return []
+        deadline = time.monotonic() + wait_s
+        ours = {"label_selector": run_selector(self.run_id)}
         try:
-            gone_now = self._wait(
-                Source(self.core.list_namespaced_pod, (self.namespace,), {}), pods, gone, wait_s
-            )
+            while True:  # a ReplicaSet may still make a pod before its Deployment's deletion reaches it
+                listed = self.core.list_namespaced_pod(
+                    self.namespace, _request_timeout=REQUEST_TIMEOUT, **ours
+                )
+                left = [p.metadata.name for p in listed.items]
+                if not left:
+                    return []
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wait(
+                    Source(self.core.list_namespaced_pod, (self.namespace,), ours), left, gone, remaining
+                )
         except Exception as exc:
             return [
                 f"could not confirm the pods of {self.namespace} are gone: "
                 f"{describe_api_error(exc, self.connection.server)}"
             ]
-        stuck = [name for name in pods if name not in gone_now]
-        if not stuck:
-            return []
         return [
-            f"{len(stuck)} pod(s) in {self.namespace} still there after {wait_s:.0f}s: "
-            f"{', '.join(stuck[:5])} "
+            f"{len(left)} pod(s) in {self.namespace} still there after {wait_s:.0f}s: {', '.join(left[:5])} "
             f"(they will go by themselves; check: kubectl get pods -n {self.namespace} -o yaml)"
         ]
 

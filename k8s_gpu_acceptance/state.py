@@ -43,13 +43,13 @@ class LayerOutcome:
     evidence: dict[str, str] = field(default_factory=dict)
 
 
-SCENARIO_MARKERS = ("isolation", "exhaustion", "sharing", "distinct_gpus")
+SCENARIO_MARKERS = ("isolation", "exhaustion", "sharing", "distinct_gpus", "serving")
 """The scenario checks: not layers of the chain, but their outcome counts in the run's verdict."""
 
 
 @dataclass
 class ScenarioOutcome:
-    """How one scenario test ended (isolation, exhaustion, sharing, distinct_gpus): a run of
+    """How one scenario test ended (isolation, exhaustion, sharing, distinct_gpus, serving): a run of
     `pytest -m sharing` has no layer outcome at all, and its verdict is these."""
 
     name: str  # the test without `test_`, with its parameters: `pod_without_gpu_request_sees_no_gpu[x]`

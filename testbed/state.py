@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,10 @@ class State:
     started_at: float = 0.0
     gpu_host: dict[str, Any] = field(default_factory=dict)  # testbed.gpuhost.GpuHost, on a real GPU host
     real_node: dict[str, Any] = field(default_factory=dict)  # testbed.node.NodeState, when the real node runs
+    # Keys this version does not know, written by another version's `up` (the testbed is one per machine,
+    # several checkouts use it): kept as they were and saved back, never dropped, so that version's `down`
+    # still finds what it started.
+    unknown: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: Path | None = None) -> State | None:
@@ -60,14 +64,18 @@ class State:
             return None
         data = json.loads(path.read_text())
         data["procs"] = {k: Proc(**v) for k, v in data.get("procs", {}).items()}
-        return cls(**data)
+        known = {f.name for f in fields(cls)} - {"unknown"}
+        unknown = {k: data.pop(k) for k in sorted(set(data) - known)}
+        return cls(**data, unknown=unknown)
 
     def save(self, directory: Path | None = None) -> None:
         """Write atomically: a crash never leaves half a state file."""
         directory = directory or state_dir()
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        data = asdict(self)
+        data.update(data.pop("unknown"))
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, directory / "state.json")
 
     def credentials(self) -> dict[str, str]:

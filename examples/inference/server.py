@@ -32,7 +32,10 @@ class Generator:
 
         self.torch = torch
         self.device = "cuda:0" if torch.cuda.is_available() else "cpu"
-        self.name, self.tokenizer, self.model = load_model(model, self.device, seed)
+        # "auto": the probe's default (/models/gpt2 if baked into the image, else the hub's GPT-2)
+        self.name, self.tokenizer, self.model = load_model(
+            None if model == "auto" else model, self.device, seed
+        )
         self.lock = threading.Lock()
 
     def generate(self, prompt: str, max_new_tokens: int) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The whole issue-10 sequence on a GPU host without network, as the H100 runs of 2026-11-25 used it (see
 # docs/h100-gpu-host-2026-11-25/): unpack the bundle, `up --gpu-host` with a small probe image, the suite,
-# the torch probe image, the suite again with all 8 layers, time-slicing and the sharing checks, `down`,
+# the torch probe image, the suite again with all 8 layers, the serving check (GPT-2 Deployment under load),
+# time-slicing and the sharing checks, `down`,
 # `check-clean`. Every step has a share of a time budget, so a run cut short still leaves its results.
 #
 # Before (on a machine with Go): python -m testbed bundle --out .gpuhost/bundle; the suite's wheels in
@@ -15,7 +16,7 @@ T0=$(date +%s); W=$PWD; TMP=/tmp/kga-out
 left() { echo $(( B - ($(date +%s) - T0) )); }
 el() { echo "[gpuhost +$(( $(date +%s) - T0 ))s] $*" | tee -a "$R/steps.txt"; }
 pack() { tar czf "$R/$1.tgz" -C "$TMP" "$1" 2>/dev/null; }
-mkdir -p "$R" "$TMP"/{small,full,shared,rest}
+mkdir -p "$R" "$TMP"/{small,full,serving,shared,rest}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpuhost/wheels/*.whl
 export PYTHONPATH=/tmp/site:$W
 el "wheels in; $(nvidia-smi -L | tr '\n' ' ')"
@@ -52,6 +53,12 @@ if [ -n "$BIG" ]; then
   el "kept objects deleted: rc=$? ($(tail -1 "$TMP/full/cleanup.txt"))"
   $K wait --for=delete pods -A -l app.kubernetes.io/managed-by=k8s-gpu-acceptance --timeout=60s > /dev/null 2>&1
   el "their pods gone: rc=$?"; pack full
+  if [ "$(left)" -gt 200 ]; then  # issue 14: the GPT-2 service as a Deployment under load; GPUs+1 replicas: one Pending
+    mkdir -p "$TMP/serving"
+    timeout 150 $PYT -m serving --image="$BIG" --report-dir="$TMP/serving" > "$TMP/serving/pytest.txt" 2>&1
+    el "serving run rc=$? ($(tail -1 "$TMP/serving/pytest.txt")); $(grep -E 'serving: [0-9]+ client' "$TMP/serving/pytest.txt" | tr '\n' ' ')"
+    pack serving
+  fi
   NGPU=$(nvidia-smi -L | grep -c '^GPU ')
   if [ "$NGPU" -ge 2 ] && [ "$(left)" -gt 90 ]; then  # issue 16: one pod given every GPU of the node
     mkdir -p "$TMP/all-gpus"

@@ -51,13 +51,14 @@ def core(testbed_api: client.ApiClient) -> client.CoreV1Api:
 
 @pytest.fixture(scope="session")
 def leftovers(core: client.CoreV1Api, testbed_api: client.ApiClient) -> Callable[..., list[str]]:
-    """Lists the namespaces, pods, ConfigMaps and ResourceClaimTemplates (--allocation dra) matching a label
-    selector: what a run left behind.
+    """Lists the namespaces, pods, ConfigMaps, ResourceClaimTemplates (--allocation dra), Services and
+    Deployments (the serving check) matching a label selector: what a run left behind.
 
     The suite waits until its pods are gone, not its namespaces (kube-controller-manager removes a deleted
     namespace after a fixed 5 s): namespaces already terminating get 30 s to go before anything is counted,
     so one that never goes is still reported."""
     resource = client.ResourceV1Api(testbed_api)
+    apps = client.AppsV1Api(testbed_api)
 
     def find(selector: str, run_id_prefix: str = "") -> list[str]:
         def ours(obj: Any) -> bool:
@@ -70,25 +71,21 @@ def leftovers(core: client.CoreV1Api, testbed_api: client.ApiClient) -> Callable
             wait_for(
                 core.list_namespace, none_terminating, "terminating namespaces", 30, label_selector=selector
             )
+        listers = [
+            ("namespace", core.list_namespace),
+            ("pod", core.list_pod_for_all_namespaces),
+            ("configmap", core.list_config_map_for_all_namespaces),
+            ("resourceclaimtemplate", resource.list_resource_claim_template_for_all_namespaces),
+            ("service", core.list_service_for_all_namespaces),
+            ("deployment", apps.list_deployment_for_all_namespaces),
+        ]
         left = [
-            f"namespace/{n.metadata.name}"
-            for n in core.list_namespace(label_selector=selector).items
-            if ours(n)
-        ]
-        left += [
-            f"pod/{p.metadata.namespace}/{p.metadata.name}"
-            for p in core.list_pod_for_all_namespaces(label_selector=selector).items
-            if ours(p)
-        ]
-        left += [
-            f"configmap/{m.metadata.namespace}/{m.metadata.name}"
-            for m in core.list_config_map_for_all_namespaces(label_selector=selector).items
-            if ours(m)
-        ]
-        left += [
-            f"resourceclaimtemplate/{t.metadata.namespace}/{t.metadata.name}"
-            for t in resource.list_resource_claim_template_for_all_namespaces(label_selector=selector).items
-            if ours(t)
+            f"{kind}/{obj.metadata.name}"
+            if kind == "namespace"
+            else f"{kind}/{obj.metadata.namespace}/{obj.metadata.name}"
+            for kind, lister in listers
+            for obj in lister(label_selector=selector).items
+            if ours(obj)
         ]
         return left
 

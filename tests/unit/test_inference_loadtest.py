@@ -1,19 +1,11 @@
-"""The load test's arithmetic (examples/inference/loadtest.py): percentiles, rates, errors, the table."""
+"""The load test's arithmetic (k8s_gpu_acceptance/loadtest.py, behind examples/inference/loadtest.py and the
+serving check): percentiles, rates, errors, the table, the levels option."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "examples" / "inference" / "loadtest.py"
-spec = importlib.util.spec_from_file_location("loadtest", PATH)
-assert spec and spec.loader
-loadtest = importlib.util.module_from_spec(spec)
-sys.modules["loadtest"] = loadtest
-spec.loader.exec_module(loadtest)
+from k8s_gpu_acceptance import loadtest
 
 
 def test_nearest_rank_percentiles():
@@ -43,3 +35,26 @@ def test_a_level_with_only_errors_has_no_latency():
 def test_the_table_has_a_row_per_level(levels):
     rows = loadtest.table([loadtest.summarize(n, 1.0, [(10.0, 4)] * n) for n in levels]).splitlines()
     assert rows[0].split()[:2] == ["clients", "ok/sent"] and len(rows) == 1 + len(levels)
+
+
+def test_a_sweep_warms_up_once_then_runs_each_level_with_its_clients():
+    calls = []
+
+    def send():
+        calls.append(1)
+        return (5.0, 2)
+
+    levels = loadtest.sweep(send, [1, 3], per_client=2)
+    assert len(calls) == 1 + 1 * 2 + 3 * 2
+    assert [(lv.concurrency, lv.requests, lv.ok) for lv in levels] == [(1, 2, 2), (3, 6, 6)]
+    assert levels[1].error_count == 0
+
+
+@pytest.mark.parametrize("text", ["", "1,x", "0,2", "-1"])
+def test_bad_levels_are_refused_with_the_expected_form(text):
+    with pytest.raises(ValueError, match="client count"):
+        loadtest.parse_levels(text)
+
+
+def test_levels_parse():
+    assert loadtest.parse_levels("1, 2,4,8") == [1, 2, 4, 8]

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -157,28 +158,33 @@ def test_cleanup_rejects_a_bad_duration():
         build_parser().parse_args(["--older-than", "2 hours"])
 
 
+def obj(name: str, namespace: str) -> Any:
+    """An expired object of run r9, as the client lists it."""
+    from types import SimpleNamespace
+
+    meta = SimpleNamespace(
+        name=name,
+        namespace=namespace,
+        labels={"k8s-gpu-acceptance/run-id": "r9"},
+        annotations={EXPIRES_AT_KEY: "2020-01-01T00:00:00Z"},
+        creation_timestamp=None,
+        deletion_timestamp=None,
+    )
+    return SimpleNamespace(metadata=meta)
+
+
 def test_resource_claim_templates_are_found_and_reaped_with_the_resource_api():
     """--allocation dra leaves a ResourceClaimTemplate; a cluster without resource.k8s.io/v1 answers 404."""
     from types import SimpleNamespace
 
     from kubernetes.client.rest import ApiException
 
-    def obj(name: str, namespace: str) -> SimpleNamespace:
-        meta = SimpleNamespace(
-            name=name,
-            namespace=namespace,
-            labels={"k8s-gpu-acceptance/run-id": "r9"},
-            annotations={EXPIRES_AT_KEY: "2020-01-01T00:00:00Z"},
-            creation_timestamp=None,
-            deletion_timestamp=None,
-        )
-        return SimpleNamespace(metadata=meta)
-
     empty = SimpleNamespace(items=[])
     core = SimpleNamespace(
         list_namespace=lambda **_: empty,
         list_config_map_for_all_namespaces=lambda **_: empty,
         list_pod_for_all_namespaces=lambda **_: empty,
+        list_service_for_all_namespaces=lambda **_: empty,
     )
     deleted: list[tuple[str, str]] = []
     resource = SimpleNamespace(
@@ -195,3 +201,27 @@ def test_resource_claim_templates_are_found_and_reaped_with_the_resource_api():
 
     resource.list_resource_claim_template_for_all_namespaces = not_served
     assert leftovers.find_leftovers(core, (1, 1), resource) == []
+
+
+def test_the_serving_checks_deployment_and_service_are_found_and_reaped():
+    """The serving check's Deployment (apps/v1) and Service carry the run's labels and lease like its pods."""
+    from types import SimpleNamespace
+
+    empty = SimpleNamespace(items=[])
+    deleted: list[tuple[str, str, str]] = []
+    core = SimpleNamespace(
+        list_namespace=lambda **_: empty,
+        list_config_map_for_all_namespaces=lambda **_: empty,
+        list_pod_for_all_namespaces=lambda **_: empty,
+        list_service_for_all_namespaces=lambda **_: SimpleNamespace(items=[obj("gpt2", "team")]),
+        delete_namespaced_service=lambda name, ns, **_: deleted.append(("service", ns, name)),
+    )
+    apps = SimpleNamespace(
+        list_deployment_for_all_namespaces=lambda **_: SimpleNamespace(items=[obj("gpt2", "team")]),
+        delete_namespaced_deployment=lambda name, ns, **_: deleted.append(("deployment", ns, name)),
+    )
+    found = leftovers.find_leftovers(core, (1, 1), None, apps)
+    assert sorted(f.ref() for f in found) == ["deployment/team/gpt2", "service/team/gpt2"]
+    plan = leftovers.plan_reaping(found, dt.datetime.now(dt.timezone.utc), dead_owner())
+    assert leftovers.reap(core, plan, (1, 1), None, apps).problems == []
+    assert sorted(deleted) == [("deployment", "team", "gpt2"), ("service", "team", "gpt2")]

@@ -411,3 +411,87 @@ class TestOptions:
         suite.makepyfile(test_a="def test_a():\n    pass\n")
         suite.runpytest("--target=local").assert_outcomes(passed=1)
         assert signal.getsignal(signal.SIGTERM) is before
+
+
+class TestServing:
+    """The serving check is opt-in: `-m gpu` leaves it out, `-m serving` selects it; its records become
+    report.json's `serving` section, a report.html table and junit properties."""
+
+    def test_gpu_leaves_the_serving_check_out_and_serving_selects_it(self, suite):
+        module = (REPO / "tests" / "gpu" / "test_14_serving.py").read_text(encoding="utf-8")
+        suite.makepyfile(
+            test_14_serving=module, test_a="import pytest\n\n@pytest.mark.gpu\ndef test_a():\n    pass\n"
+        )
+        gpu = suite.runpytest("--strict-markers", "--target=local", "--collect-only", "-q", "-m", "gpu")
+        gpu.stdout.fnmatch_lines(["*1/3 tests collected (2 deselected)*"])
+        serving = suite.runpytest(
+            "--strict-markers", "--target=local", "--collect-only", "-q", "-m", "serving"
+        )
+        serving.stdout.fnmatch_lines(["*2/3 tests collected (1 deselected)*"])
+        assert "test_service_answers_under_load" in serving.stdout.str()
+
+    SERVING_TEST = """
+        import pytest
+
+        pytestmark = [pytest.mark.serving]
+
+        def test_load(record_scenario):
+            record_scenario("serving", {
+                "node": "n1", "deployment": "ns/gpt2", "image": "img", "model": "tiny-random-gpt2",
+                "ready_after_s": 3.0, "path": "API server service proxy", "proxy_round_trip_ms_p50": 4.0,
+                "new_tokens": 8, "requests_per_client": 2,
+                "budgets": {"max_p50_ms": 50.0, "max_error_rate": 0.0},
+                "levels": [
+                    {"concurrency": c, "requests": 2 * c, "ok": 2 * c, "wall_s": 1.0, "p50_ms": 40.0 * c,
+                     "p95_ms": 45.0 * c, "p99_ms": 46.0 * c, "requests_per_s": 20.0, "tokens_per_s": 160.0,
+                     "errors": {}, "server_generate_ms_p50": 30.0}
+                    for c in (1, 2)
+                ],
+            })
+
+        def test_scale(record_scenario):
+            record_scenario("serving.scaling", {
+                "node": "n1", "allocatable": 1, "free_gpus_besides_the_first_replica": 0, "replicas": 2,
+                "bound": 1, "pending": 1,
+                "pending_replica": {
+                    "pod": "gpt2-x", "scheduler": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+                    "rule": "insufficient-gpu", "cause": "no GPU free", "fix": "add GPU nodes",
+                },
+            })
+            pytest.fail("the extra replica was bound")
+        """
+
+    def test_the_serving_records_make_a_report_section_and_count_in_the_verdict(self, suite):
+        suite.makeconftest("import pytest\n\n@pytest.fixture\ndef device_plugin_facts():\n    return None\n")
+        suite.makepyfile(test_s=textwrap.dedent(self.SERVING_TEST))
+        result = suite.runpytest("--target=local", "-m", "serving", "--report-dir=out")
+        result.assert_outcomes(passed=1, failed=1)
+        report = report_json(suite)
+        assert report["outcome"] == "failed" and report["schema_version"] == "1.4"
+        assert [s["group"] for s in report["scenarios"]] == ["serving", "serving"]
+        serving = report["serving"]
+        assert [lv["concurrency"] for lv in serving["levels"]] == [1, 2]
+        assert serving["scaling"]["pending_replica"]["rule"] == "insufficient-gpu"
+        page = (suite.path / "out" / "report.html").read_text()
+        assert "Serving: GPT-2 service under load" in page
+        assert 'data-clients="1"' in page and 'data-clients="2"' in page
+        assert "Insufficient nvidia.com/gpu" in page and "gpt2-x" in page
+        junit = (suite.path / "out" / "junit.xml").read_text()
+        assert 'name="serving.scaling.pending"' in junit and 'name="serving.levels"' in junit
+
+    @pytest.mark.parametrize(
+        ("option", "message"),
+        [
+            ("--serving-levels=1,x", "*--serving-levels (from command line): '1,x': expected a comma list*"),
+            (
+                "--serving-max-error-rate=5",
+                "*--serving-max-error-rate (from command line): 5.0 is a fraction*",
+            ),
+            ("--serving-new-tokens=0", "*--serving-new-tokens (from command line): 0 must be 1..256*"),
+        ],
+    )
+    def test_bad_serving_options_end_the_run_before_it_starts(self, suite, option, message):
+        suite.makepyfile(test_a="def test_a():\n    pass\n")
+        result = suite.runpytest("--target=local", option)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([message])
