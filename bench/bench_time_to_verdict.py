@@ -101,15 +101,34 @@ def suite_run(args: argparse.Namespace, kubeconfig: str, extra: list[str]) -> tu
     """The suite as a user runs it: wall seconds and its report.json."""
     work = Path(tempfile.mkdtemp(prefix="bench-ttv-"))
     command = [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--rootdir={REPO}", "-q", "--no-header",
+        sys.executable, "-P", "-m", "pytest", "-p", "no:cacheprovider", f"--rootdir={REPO}", "-q",
+        "--no-header",
         "-c", str(REPO / "pytest.ini"), str(REPO / "tests" / "gpu"),
-        "-m", "gpu and not sharing and not isolation and not exhaustion",
-        f"--report-dir={work / 'reports'}", f"--kubeconfig={kubeconfig}", *extra,
+        "-m", "gpu and not (sharing or isolation or exhaustion or distinct_gpus)",
+        f"--report-dir={work / 'reports'}", f"--kubeconfig={kubeconfig}", *extra, *args.pytest_arg,
     ]  # fmt: skip
     started = time.perf_counter()
-    subprocess.run(command, cwd=work, capture_output=True, text=True, check=False, timeout=900)
+    done = subprocess.run(command, cwd=work, capture_output=True, text=True, check=False, timeout=900)
     wall = time.perf_counter() - started
-    return wall, json.loads((work / "reports" / "report.json").read_text())
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+    if not (work / "reports" / "report.json").is_file():
+        raise SystemExit(f"the suite wrote no report.json (exit {done.returncode}):\n{tail}")
+    report = json.loads((work / "reports" / "report.json").read_text())
+    if report.get("outcome") == "not-run":  # a usage error is no verdict: timing it flatters the suite
+        raise SystemExit(f"the suite ran no test (exit {done.returncode}), nothing to compare:\n{tail}")
+    layers = {entry["name"]: entry for entry in report.get("layers") or []}
+    scheduling = layers.get("scheduling") or {}
+    if scheduling.get("outcome") != "passed":  # its pod never ran: nothing like the bare round trip
+        why = [
+            f"{name}: {entry.get('outcome')}: {str(entry.get('message') or '').splitlines()[0][:300]}"
+            for name, entry in layers.items()
+            if entry.get("outcome") not in ("passed", None)
+        ][:3]
+        raise SystemExit(
+            "the suite's probe pod did not run (scheduling "
+            f"{scheduling.get('outcome', 'missing')}), so its time is no time to verdict:\n" + "\n".join(why)
+        )
+    return wall, report
 
 
 def suite_options(args: argparse.Namespace) -> list[str]:
@@ -117,6 +136,7 @@ def suite_options(args: argparse.Namespace) -> list[str]:
         f"--image={args.image}",
         f"--node-selector=kubernetes.io/hostname={args.node}",
         f"--pod-timeout={args.pod_timeout}",
+        f"--model={args.model}",
     ]
     options += [f"--toleration={t}" for t in args.toleration]
     if args.runtime_class:
@@ -150,6 +170,16 @@ def main() -> int:
     parser.add_argument("--runtime-class")
     parser.add_argument("--pod-timeout", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--model", default="auto", help="the probe's GPT-2 model, for both pods (e.g. random-gpt2-small)"
+    )
+    parser.add_argument(
+        "--pytest-arg",
+        action="append",
+        default=[],
+        help="one more argument for the suite's pytest (repeatable), e.g. "
+        "--pytest-arg=--import-mode=importlib where a checkout would shadow the installed plugin",
+    )
     args = parser.parse_args()
     if not (args.kubeconfig and args.node and args.image):
         parser.error("no testbed with a real node here: pass --kubeconfig, --node and --image")
@@ -166,6 +196,7 @@ def main() -> int:
         tolerations=tuple(tolerations),
         runtime_class=args.runtime_class,
         pod_timeout=args.pod_timeout,
+        model=args.model,
     )
     api = config.new_client_from_config(config_file=args.kubeconfig)
     core = client.CoreV1Api(api)

@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs = sorted({o.run_id for o in found})
     print(f"cleanup: {connection.description}: {len(found)} object(s) of {len(runs)} run(s) carry the label")
+    for stuck in (o for o in found if o.terminating):  # runs wait for their pods, not their namespaces
+        print(
+            f"terminating {stuck.ref()} (deletion under way; still there minutes later means a stuck "
+            "finalizer: kubectl get it -o yaml)"
+        )
     if not plan:
         print("cleanup: nothing to delete")
         return 0

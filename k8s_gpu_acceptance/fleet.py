@@ -62,15 +62,11 @@ class SweepPlan:
 
 def used_gpus_by_node(core: client.CoreV1Api, api: client.ApiClient) -> dict[str, int]:
     """nvidia.com/gpu held by live pods, per node (what the scheduler subtracts from allocatable)."""
-    from k8s_gpu_acceptance.sharing import gpu_request
+    from k8s_gpu_acceptance.sharing import list_gpu_holders
 
-    pods = core.list_pod_for_all_namespaces(
-        field_selector="status.phase!=Succeeded,status.phase!=Failed", _request_timeout=REQUEST_TIMEOUT
-    ).items
     used: dict[str, int] = defaultdict(int)
-    for pod in pods:
-        if pod.spec.node_name:
-            used[pod.spec.node_name] += gpu_request(api.sanitize_for_serialization(pod))
+    for holder in list_gpu_holders(core, api):
+        used[holder.node] += holder.gpus
     return dict(used)
 
 

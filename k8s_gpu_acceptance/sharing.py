@@ -25,7 +25,7 @@ from k8s_gpu_acceptance.diagnosis import diagnose_pod_did_not_run
 from k8s_gpu_acceptance.document import ProbeDocument
 from k8s_gpu_acceptance.pods import PodRun, PodSession, PodState, Progress, build_probe_pod, classify_pod
 from k8s_gpu_acceptance.probe import read_document
-from k8s_gpu_acceptance.run import run_labels
+from k8s_gpu_acceptance.run import RUN_ID_KEY, run_labels
 from k8s_gpu_acceptance.settings import Settings, Toleration
 
 SCENARIO_ANNOTATION = "k8s-gpu-acceptance/scenario"
@@ -177,6 +177,42 @@ def gpu_request(pod: Mapping[str, Any], resource: str = GPU_RESOURCE) -> int:
     return max(main, init)
 
 
+@dataclass(frozen=True)
+class GpuHolder:
+    """A live pod that holds nvidia.com/gpu on a node; `run_id` when one of this suite's runs made it."""
+
+    namespace: str
+    name: str
+    node: str
+    gpus: int
+    run_id: str | None = None
+
+
+def gpu_holders(pods: Iterable[Mapping[str, Any]], node: str | None = None) -> list[GpuHolder]:
+    """Bound, unfinished pods requesting GPUs (on `node`, or anywhere): what the scheduler subtracts."""
+    found = []
+    for pod in pods:
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        bound = spec.get("nodeName")
+        if not bound or (node is not None and bound != node):
+            continue
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        gpus = gpu_request(pod)
+        if gpus:
+            run_id = (meta.get("labels") or {}).get(RUN_ID_KEY)
+            found.append(GpuHolder(meta.get("namespace", ""), meta.get("name", ""), bound, gpus, run_id))
+    return found
+
+
+def list_gpu_holders(core: Any, api: Any) -> list[GpuHolder]:
+    """Every live pod holding GPUs, cluster-wide, in one list call (finished pods filtered by the server)."""
+    pods = core.list_pod_for_all_namespaces(
+        field_selector="status.phase!=Succeeded,status.phase!=Failed", _request_timeout=REQUEST_TIMEOUT
+    ).items
+    return gpu_holders(api.sanitize_for_serialization(pods))
+
+
 def privileged_gpu_pods(pods: Iterable[Mapping[str, Any]]) -> list[str]:
     """`ns/name (container)` of live pods that request a GPU and run a container privileged."""
     found = []
@@ -201,6 +237,7 @@ class GpuSight:
     smi_uuids: tuple[str, ...]
     torch_devices: int
     device_nodes: tuple[str, ...]
+    nvml_measured: bool = True  # False: the image has no nvidia-ml-py, so NVML's 0 says nothing
 
     @property
     def sees_gpu(self) -> bool:
@@ -213,8 +250,9 @@ class GpuSight:
     def describe(self) -> str:
         if not self.sees_gpu:
             return "no GPU (NVML 0, nvidia-smi 0, torch 0, no /dev/nvidia<N>)"
+        nvml = str(len(self.nvml_uuids)) if self.nvml_measured else "not measured"
         return (
-            f"NVML {len(self.nvml_uuids)}, nvidia-smi {len(self.smi_uuids)}, torch {self.torch_devices}, "
+            f"NVML {nvml}, nvidia-smi {len(self.smi_uuids)}, torch {self.torch_devices}, "
             f"devices {', '.join(self.device_nodes) or 'none'}; UUIDs {', '.join(self.uuids) or 'none'}"
         )
 
@@ -227,27 +265,31 @@ def gpu_sight(document: ProbeDocument | Mapping[str, Any]) -> GpuSight:
     # Without NVML the driver layer lists the GPUs of /proc/driver/nvidia/gpus, which every container on a
     # GPU node can read (procfs is the host's): a name and UUID, not access. The H100 cluster run's pods
     # without a GPU request "saw" the H100 that way and isolation failed for nothing.
-    nvml_gpus = driver.get("gpus") or [] if driver.get("nvml_available", True) else []
+    nvml_measured = bool(driver.get("nvml_available", True))
+    nvml_gpus = driver.get("gpus") or [] if nvml_measured else []
     return GpuSight(
         tuple(str(g.get("uuid")) for g in nvml_gpus if g.get("uuid")),
         tuple(str(g.get("uuid")) for g in smi.get("gpus") or [] if g.get("uuid")),
         int(torch.get("device_count") or 0),
         gpu_nodes,
+        nvml_measured,
     )
 
 
 def distinct_gpu_problems(sights: Mapping[str, GpuSight]) -> list[str]:
     """What is wrong when 1-GPU pods running at once on one node should each see one GPU of their own.
 
-    Each pod: exactly one GPU by NVML and by nvidia-smi (the same UUID, no device node for another GPU);
-    no UUID in two pods. NVIDIA's DRA driver tests assert the same (distinct UUIDs for separate claims).
+    Each pod: exactly one GPU by NVML and by nvidia-smi (the same UUID, no device node for another GPU;
+    nvidia-smi alone in an image without nvidia-ml-py); no UUID in two pods. NVIDIA's DRA driver tests
+    assert the same (distinct UUIDs for separate claims).
     """
     problems: list[str] = []
     owners: dict[str, list[str]] = {}
     for pod, sight in sights.items():
-        if len(sight.nvml_uuids) != 1 or len(sight.smi_uuids) != 1:
+        nvml_count_wrong = sight.nvml_measured and len(sight.nvml_uuids) != 1
+        if nvml_count_wrong or len(sight.smi_uuids) != 1:
             problems.append(f"{pod} sees {sight.describe()} (exactly 1 GPU expected)")
-        elif sight.nvml_uuids != sight.smi_uuids:
+        elif sight.nvml_measured and sight.nvml_uuids != sight.smi_uuids:
             problems.append(f"{pod}: NVML sees {sight.nvml_uuids[0]}, nvidia-smi {sight.smi_uuids[0]}")
         if len(sight.device_nodes) > 1:
             problems.append(
@@ -526,12 +568,7 @@ class ScenarioPods(PodSession):
         pods = self.core.list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={node}", _request_timeout=REQUEST_TIMEOUT
         ).items
-        total = 0
-        for pod in pods:
-            body = self.api.sanitize_for_serialization(pod)
-            if (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-                total += gpu_request(body)
-        return total
+        return sum(h.gpus for h in gpu_holders(self.api.sanitize_for_serialization(pods), node))
 
     def collect(
         self,

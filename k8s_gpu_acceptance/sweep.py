@@ -251,12 +251,24 @@ def key_figures(document: Mapping[str, Any] | None) -> dict[str, Any]:
         return ((entry.get("metrics") or {}) if isinstance(entry, dict) else {}).get(key)
 
     gpus = metric("driver", "gpus") or []
+    per_gpu = [g for g in metric("gpu_perf", "per_gpu") or [] if isinstance(g, dict)]
+
+    def slowest(key: str) -> Any:
+        """A multi-GPU pod's node figure is its slowest GPU's: one slow GPU is what a node row must show."""
+        values = [g[key] for g in per_gpu if isinstance(g.get(key), (int, float))]
+        return min(values) if values else metric("gpu_perf", key)
+
     figures = {
         "gpu": ", ".join(sorted({str(g.get("name")) for g in gpus if isinstance(g, dict)})) or None,
         "driver_version": metric("driver", "driver_version"),
-        "bf16_tflops": metric("gpu_perf", "bf16_tflops"),
-        "tflops_ratio": metric("gpu_perf", "tflops_ratio"),
-        "memory_bandwidth_gbps": metric("gpu_perf", "memory_bandwidth_gbps"),
+        "bf16_tflops": slowest("bf16_tflops"),
+        "tflops_ratio": slowest("tflops_ratio"),
+        "memory_bandwidth_gbps": slowest("memory_bandwidth_gbps"),
+        "per_gpu": "; ".join(
+            f"cuda:{g.get('index')} {g.get('bf16_tflops')} TFLOP/s, {g.get('memory_bandwidth_gbps')} GB/s"
+            for g in per_gpu
+        )
+        or None,
         "token_latency_ms_p95": metric("gpt2", "token_latency_ms_p95"),
         "probe_duration_s": document.get("duration_s"),
     }
@@ -332,6 +344,7 @@ _FIGURE_COLUMNS = (
     ("bf16_tflops", "bf16 TFLOP/s"),
     ("memory_bandwidth_gbps", "GB/s"),
     ("token_latency_ms_p95", "GPT-2 p95 ms"),
+    ("per_gpu", "each GPU (multi-GPU pods)"),
 )
 
 

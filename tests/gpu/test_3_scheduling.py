@@ -1,6 +1,9 @@
 """Layer 3, scheduling: the scheduler binds the probe pod to a GPU node and its container runs."""
 
+import warnings
+
 import pytest
+from kubernetes import client
 
 from k8s_gpu_acceptance.checks import fail
 from k8s_gpu_acceptance.diagnosis import (
@@ -9,7 +12,9 @@ from k8s_gpu_acceptance.diagnosis import (
     diagnose_not_a_gpu_node,
     diagnose_scheduling_failure,
     untolerated_taints,
+    with_gpu_holders,
 )
+from k8s_gpu_acceptance.sharing import list_gpu_holders
 
 pytestmark = [pytest.mark.gpu, pytest.mark.scheduling, pytest.mark.ai_conformance("dra_support")]
 
@@ -34,7 +39,7 @@ def test_probe_pod_scheduled_onto_gpu_node_and_ran(
         }
     failure = probe_pod.failure
     if failure is not None and failure.kind != "container":
-        fail(_why_the_pod_did_not_run(failure, gpu_settings, cluster_facts))
+        fail(_with_holders(request, _why_the_pod_did_not_run(failure, gpu_settings, cluster_facts)))
     if allocation == "dra":
         allocated = sum(len(c.devices) for c in probe_pod.claims if c.allocated)
         # A template's claim is released when its pod ends; a pod that ended before its claim was read (the
@@ -56,6 +61,21 @@ def test_probe_pod_scheduled_onto_gpu_node_and_ran(
         fail(diagnose_bypassed_scheduler(probe_pod.node_name))
     if failure is not None:
         fail(_why_the_pod_did_not_run(failure, gpu_settings, cluster_facts))
+
+
+def _with_holders(request, diagnosis):
+    """Not enough free GPUs: say which pods hold them (one list call, only on that failure)."""
+    if "insufficient-gpu" not in diagnosis.rule.split("+"):
+        return diagnosis
+    connection = request.getfixturevalue("cluster_connection")
+    try:
+        holders = list_gpu_holders(client.CoreV1Api(connection.api), connection.api)
+    except Exception as exc:  # the diagnosis stands without the names
+        warnings.warn(f"scheduling: could not list the pods holding GPUs: {exc}", stacklevel=1)
+        return diagnosis
+    run_id = request.getfixturevalue("run_state").run_id
+    named = [(f"{h.namespace}/{h.name}", h.node, h.gpus, h.run_id) for h in holders]
+    return with_gpu_holders(diagnosis, named, run_id)
 
 
 def _why_the_pod_did_not_run(failure, settings, cluster_facts):

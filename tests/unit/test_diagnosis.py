@@ -9,6 +9,7 @@ from k8s_gpu_acceptance.diagnosis import (
     diagnose_probe_output,
     diagnose_scheduling_failure,
     untolerated_taints,
+    with_gpu_holders,
 )
 from k8s_gpu_acceptance.document import ProbeLayer
 
@@ -31,6 +32,31 @@ def test_insufficient_gpus_is_named():
     d = _sched("unschedulable", INSUFFICIENT, gpus=64)
     assert "64 free nvidia.com/gpu" in d.cause
     assert "insufficient-gpu" in d.rule
+
+
+def test_insufficient_gpus_names_the_holders_and_frees_an_earlier_runs_pods():
+    # As met on the 2-GPU H200 host: a --keep run's exhaustion holders kept both GPUs for the next run.
+    base = _sched("unschedulable", INSUFFICIENT, gpus=2)
+    holders = [
+        ("gpu-acceptance-a/gpu-exh-0", "vm", 1, "20261125-232627-42b83e"),
+        ("gpu-acceptance-a/gpu-exh-1", "vm", 1, "20261125-232627-42b83e"),
+        ("team/train", "vm", 1, None),
+    ]
+    d = with_gpu_holders(base, holders, run_id="20261125-232712-9fc0cc")
+    assert (
+        "held by gpu-acceptance-a/gpu-exh-0 on vm (1 GPU, k8s-gpu-acceptance run 20261125-232627-42b83e)"
+        in d.cause
+    )
+    assert "team/train on vm (1 GPU)" in d.cause
+    assert d.fix.startswith(
+        "free the GPUs that earlier k8s-gpu-acceptance runs still hold (kept with --keep, or still running): "
+        "python -m k8s_gpu_acceptance.cleanup --run-id 20261125-232627-42b83e --delete; or lower --gpus"
+    )
+    only_users = with_gpu_holders(base, holders[2:], run_id="x")
+    assert only_users.fix == base.fix and "team/train" in only_users.cause
+    assert with_gpu_holders(base, [], run_id="x") == base
+    taint = _sched("unschedulable", TAINT_ONLY)
+    assert with_gpu_holders(taint, holders, run_id="x") == taint
 
 
 def test_untolerated_taint_names_the_toleration_to_add():
@@ -97,6 +123,10 @@ def test_seeing_more_gpus_than_requested_is_an_isolation_problem():
         d.rule == "sees-extra-gpus"
         and "accept-nvidia-visible-devices-envvar-when-unprivileged=false" in d.fix
     )
+    # cdi-cri sets 'void': the env var selects nothing, so it is not what exposed the extra GPU.
+    void = diagnose_gpu_count("driver", 2, 1, "void")
+    assert void.rule == "sees-extra-gpus" and "selects none" in void.cause
+    assert "overrides the device plugin" not in void.cause and "privileged" in void.cause
 
 
 def test_every_untolerated_taint_gets_its_toleration():

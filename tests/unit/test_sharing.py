@@ -22,6 +22,7 @@ from k8s_gpu_acceptance.sharing import (
     distinct_gpu_problems,
     eligible_gpu_nodes,
     extra_verdict,
+    gpu_holders,
     gpu_request,
     gpu_sight,
     holder_pod,
@@ -156,6 +157,33 @@ def test_gpu_request_counts_like_the_scheduler():
     }
     assert gpu_request(pod) == 4
     assert gpu_request({"spec": {"containers": [{}]}}) == 0
+
+
+def _pod(name, node, gpus, phase="Running", run_id=None):
+    labels = {"k8s-gpu-acceptance/run-id": run_id} if run_id else {}
+    limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    return {
+        "metadata": {"namespace": "ns", "name": name, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"resources": {"limits": limits}}]},
+        "status": {"phase": phase},
+    }
+
+
+def test_gpu_holders_are_bound_unfinished_pods_with_a_gpu_request():
+    pods = [
+        _pod("kept-holder", "vm", 1, run_id="20261125-232627-42b83e"),
+        _pod("user-job", "vm", 1),
+        _pod("done", "vm", 1, phase="Succeeded"),
+        _pod("cpu-only", "vm", 0),
+        _pod("pending", None, 1, phase="Pending"),
+        _pod("elsewhere", "other", 2),
+    ]
+    holders = gpu_holders(pods, node="vm")
+    assert [(h.name, h.gpus, h.run_id) for h in holders] == [
+        ("kept-holder", 1, "20261125-232627-42b83e"),
+        ("user-job", 1, None),
+    ]
+    assert sum(h.gpus for h in gpu_holders(pods)) == 4
 
 
 def test_privileged_gpu_pods_are_listed_only_when_live_and_requesting():
@@ -406,6 +434,17 @@ def test_a_pod_seeing_every_gpu_or_none_fails():
     assert any(p.startswith("a has device nodes of 2 GPUs") for p in problems)
     assert any(p.startswith("b sees no GPU") for p in problems)
     assert "GPU-1 is seen by" not in " ".join(problems)  # one pod seeing a GPU is not a duplicate
+
+
+def test_without_nvml_in_the_image_nvidia_smi_decides():
+    # As the small probe image (no nvidia-ml-py) reported on the 2-GPU H200 node: NVML "0" was not measured.
+    def smi_only(uuid: str, minor: int) -> GpuSight:
+        return GpuSight((), (uuid,), 0, (f"/dev/nvidia{minor}",), nvml_measured=False)
+
+    assert distinct_gpu_problems({"a": smi_only("GPU-1", 0), "b": smi_only("GPU-2", 1)}) == []
+    problems = distinct_gpu_problems({"a": smi_only("GPU-1", 0), "b": smi_only("GPU-1", 1)})
+    assert problems == ["GPU-1 is seen by a and b"]
+    assert "NVML not measured" in smi_only("GPU-1", 0).describe()
 
 
 def test_nvml_and_nvidia_smi_must_agree_in_a_pod():

@@ -204,3 +204,23 @@ def test_node_patch_writes_a_label_and_the_details():
         "run_id": "run-1",
         "status": "failed",
     }
+
+
+def test_a_multi_gpu_pods_row_shows_each_gpu_and_its_slowest_figures():
+    # Shaped like the probe's gpu_perf layer in a --gpus=2 pod (per_gpu: cuda:0 first, then each other GPU).
+    per_gpu = [
+        {"index": 0, "bf16_tflops": 792.2, "memory_bandwidth_gbps": 4230.2, "tflops_ratio": 0.801},
+        {"index": 1, "bf16_tflops": 401.0, "memory_bandwidth_gbps": 4228.9, "tflops_ratio": 0.405},
+    ]
+    document = {
+        "layers": {
+            "driver": {"metrics": {"gpus": [{"name": "NVIDIA H200"}, {"name": "NVIDIA H200"}]}},
+            "gpu_perf": {"metrics": {**per_gpu[0], "per_gpu": per_gpu}},
+        }
+    }
+    figures = sweep.key_figures(document)
+    assert figures["bf16_tflops"] == 401.0 and figures["tflops_ratio"] == 0.405
+    assert figures["memory_bandwidth_gbps"] == 4228.9
+    assert figures["per_gpu"] == ("cuda:0 792.2 TFLOP/s, 4230.2 GB/s; cuda:1 401.0 TFLOP/s, 4228.9 GB/s")
+    one_gpu = sweep.key_figures({"layers": {"gpu_perf": {"metrics": per_gpu[0]}}})
+    assert one_gpu["bf16_tflops"] == 792.2 and "per_gpu" not in one_gpu

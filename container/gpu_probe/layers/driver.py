@@ -51,10 +51,12 @@ def measure(ctx: Context, result: LayerResult) -> None:
     )
     nvml, nvml_error = _nvml_snapshot()
     cuda_driver, cuda_error = (nvml["cuda_driver_version"], None) if nvml else cuda_driver_version()
-    gpus: list[dict[str, Any]] = (
-        [normalise_nvml_gpu(raw) for raw in nvml["gpus_raw"]] if nvml else _gpus_from_proc(proc_gpus)
-    )
     gpu_nodes = [n for n in device_nodes if n.startswith("/dev/nvidia") and n[len("/dev/nvidia") :].isdigit()]
+    gpus: list[dict[str, Any]] = (
+        [normalise_nvml_gpu(raw) for raw in nvml["gpus_raw"]]
+        if nvml
+        else _gpus_from_proc(proc_gpus, gpu_nodes)
+    )
     result.metrics.update(
         {
             "nvml_available": nvml is not None,
@@ -91,15 +93,24 @@ def measure(ctx: Context, result: LayerResult) -> None:
     result.set("fail", "NVIDIA driver/GPU not visible: " + "; ".join(missing or ["unknown"]), diagnosis)
 
 
-def _gpus_from_proc(proc_gpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Without NVML: what /proc/driver/nvidia/gpus/*/information tells (name, uuid, bus); rest unknown."""
+def _gpus_from_proc(proc_gpus: list[dict[str, Any]], gpu_nodes: list[str]) -> list[dict[str, Any]]:
+    """Without NVML: what /proc/driver/nvidia/gpus/*/information tells (name, uuid, bus); rest unknown.
+
+    /proc lists every GPU of the host in every container (seen on a 2-GPU node: a one-GPU pod read two), so
+    only GPUs whose /dev/nvidia<minor> this container has count; one whose minor is unknown is kept.
+    """
     keys = ("memory_total_mib", "persistence_mode", "mig_mode", "compute_mode", "ecc_mode", "retired_pages")
+    openable = [
+        g
+        for g in proc_gpus
+        if g.get("device_minor") is None or f"/dev/nvidia{g['device_minor']}" in gpu_nodes
+    ]
     return [
         dict(
             {"index": i, "name": g.get("name"), "uuid": g.get("uuid"), "pci_bus_id": g.get("pci_bus_id")},
             **dict.fromkeys(keys),
         )
-        for i, g in enumerate(proc_gpus)
+        for i, g in enumerate(openable)
     ]
 
 
