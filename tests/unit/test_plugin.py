@@ -255,7 +255,8 @@ class TestMultiGpu:
         assert [g["index"] for g in perf["metrics"]["per_gpu"]] == [0, 1]
 
     def test_one_slow_gpu_of_a_two_gpu_pod_fails_gpu_perf_and_is_named(self, suite, tmp_path):
-        # The real 2-GPU document with its second GPU made slow (SYNTHETIC: 0.3 of spec; both H200s were fine).
+        # The real 2-GPU document with its second GPU made slow (SYNTHETIC: 0.3 of spec; both H200s were
+        # fine).
         doc = json.loads((RECORDINGS / "h200x2-cluster-gpus2.log").read_text(encoding="utf-8"))
         second = doc["layers"]["gpu_perf"]["metrics"]["per_gpu"][1]
         second.update(bf16_tflops=297.0, tflops_ratio=0.3)
