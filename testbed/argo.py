@@ -225,7 +225,7 @@ def executor_image_spec(argoexec: Path) -> images.ImageSpec:
 
 @dataclass
 class ArgoRuntime:
-    """What `start` made, so that `stop` undoes exactly that."""
+    """What `start` made, so that `stop` undoes exactly that (a pid of -1: no controller was started)."""
 
     proc: Proc
     executor_image: str
@@ -378,33 +378,37 @@ def _tail(path: str, chars: int = 3000) -> str:
 
 
 def start(api_client: client.ApiClient, kubeconfig: Path, node: dict[str, Any], logdir: Path) -> ArgoRuntime:
-    """Build (cached), import the executor image into the real node, apply CRDs + RBAC, run the controller."""
+    """Build (cached), import the executor image into the real node, apply CRDs + RBAC, run the controller.
+
+    On any failure, what was made so far is undone before the error goes up (nothing is left behind).
+    """
     t = time.monotonic()
     bindir = ensure_argo_built()
     image = images.build_image(executor_image_spec(bindir / "argoexec"), versions.cache_root() / "images")
-    images.import_images(Path(node["bin_dir"]) / "ctr", node["containerd_address"], [image])
-    log(f"argo: executor image {image.name} imported ({fmt_duration(time.monotonic() - t)})")
-    crds = apply_crds(api_client, crds_dir())
-    apply_objects(api_client, apiserver_port(api_client))
-    env = {**os.environ, "LEADER_ELECTION_DISABLE": "true"}
-    env.pop("KUBECONFIG", None)
-    proc = start_process(
-        controller_command(bindir, kubeconfig, image.name), logdir / "workflow-controller.log", env
-    )
+    runtime = ArgoRuntime(Proc(pid=-1, exe="", log=""), image.name, [])
     try:
-        wait_healthy(proc)
+        images.import_images(Path(node["bin_dir"]) / "ctr", node["containerd_address"], [image])
+        log(f"argo: executor image {image.name} imported ({fmt_duration(time.monotonic() - t)})")
+        runtime.crds = apply_crds(api_client, crds_dir())
+        apply_objects(api_client, apiserver_port(api_client))
+        env = {**os.environ, "LEADER_ELECTION_DISABLE": "true"}
+        env.pop("KUBECONFIG", None)
+        command = controller_command(bindir, kubeconfig, image.name)
+        runtime.proc = start_process(command, logdir / "workflow-controller.log", env)
+        wait_healthy(runtime.proc)
     except BaseException:
-        terminate(proc)
+        stop(api_client, runtime, node)
         raise
-    log(f"argo: workflow-controller {versions.ARGO_WORKFLOWS_VERSION} healthy (pid {proc.pid}, "
+    log(f"argo: workflow-controller {versions.ARGO_WORKFLOWS_VERSION} healthy (pid {runtime.proc.pid}, "
         f"{fmt_duration(time.monotonic() - t)} in all)")  # fmt: skip
-    return ArgoRuntime(proc, image.name, crds)
+    return runtime
 
 
 def stop(api_client: client.ApiClient, runtime: ArgoRuntime, node: dict[str, Any] | None = None) -> list[str]:
     """Stop the controller, delete what `start` created (workflows go with their CRDs), remove the image."""
     problems: list[str] = []
-    terminate(runtime.proc)
+    if runtime.proc.pid > 0:
+        terminate(runtime.proc)
     ext, core = client.ApiextensionsV1Api(api_client), client.CoreV1Api(api_client)
     rbac = client.RbacAuthorizationV1Api(api_client)
     deletions: list[tuple[Any, tuple[str, ...]]] = [
