@@ -230,6 +230,7 @@ class ArgoRuntime:
     proc: Proc
     executor_image: str
     crds: list[str]  # CRD names created (not those that already existed)
+    objects: list[str]  # "namespace" and/or "clusterrole" when created here
 
 
 def apiserver_port(api_client: client.ApiClient) -> int:
@@ -277,12 +278,19 @@ def _selector() -> str:
     return ",".join(f"{k}={v}" for k, v in LABELS.items())
 
 
-def apply_objects(api_client: client.ApiClient, port: int) -> None:
-    """The controller's namespace and ConfigMap, and the executor's ClusterRole (Argo's emissary minimum)."""
+def apply_objects(api_client: client.ApiClient, port: int) -> list[str]:
+    """The controller's namespace and ConfigMap, and the executor's ClusterRole (Argo's emissary minimum).
+
+    Returns which of "namespace", "clusterrole" were created here (not there before)."""
     core, rbac = client.CoreV1Api(api_client), client.RbacAuthorizationV1Api(api_client)
     meta = {"labels": LABELS}
+    created = []
+    wait_namespace_gone(
+        core, CONTROLLER_NAMESPACE
+    )  # an earlier run's, still Terminating, would refuse objects
     with contextlib.suppress(_AlreadyExists):
         _create(core.create_namespace, {"metadata": {"name": CONTROLLER_NAMESPACE, **meta}})
+        created.append("namespace")
     configmap = {"metadata": {"name": CONFIGMAP, **meta}, "data": controller_config(port)}
     try:
         core.create_namespaced_config_map(CONTROLLER_NAMESPACE, configmap, _request_timeout=30)
@@ -298,6 +306,26 @@ def apply_objects(api_client: client.ApiClient, port: int) -> None:
     }
     with contextlib.suppress(_AlreadyExists):
         _create(rbac.create_cluster_role, role)
+        created.append("clusterrole")
+    return created
+
+
+def wait_namespace_gone(core: client.CoreV1Api, name: str, timeout: float = 180.0) -> None:
+    """If the namespace is being deleted, watch until it is gone (a namespace takes 1-2 minutes here)."""
+    listed = core.list_namespace(field_selector=f"metadata.name={name}", _request_timeout=30)
+    if not listed.items or listed.items[0].metadata.deletion_timestamp is None:
+        return
+    log(f"argo: namespace {name} of an earlier run is still Terminating: waiting until it is gone")
+    stream = watch.Watch().stream(
+        core.list_namespace,
+        field_selector=f"metadata.name={name}",
+        resource_version=listed.metadata.resource_version,
+        timeout_seconds=int(timeout),
+    )
+    for event in stream:
+        if event["type"] == "DELETED":
+            return
+    raise TestbedError(f"namespace {name} still Terminating after {timeout:.0f} s")
 
 
 class _AlreadyExists(Exception):
@@ -336,21 +364,25 @@ def controller_command(bindir: Path, kubeconfig: Path, executor_image: str) -> l
     ]
 
 
+def healthz_answers() -> bool:
+    """Something answers 200 on the controller's health port."""
+    try:
+        with urllib.request.urlopen(HEALTHZ, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
 def wait_healthy(proc: Proc, timeout: float = 90.0) -> None:
     """The controller's /healthz answers 200 (it has started its informers); fails fast if it exits."""
     deadline = time.monotonic() + timeout
-    last = ""
     while time.monotonic() < deadline:
         if exited(proc):
             raise TestbedError(f"workflow-controller exited; its log ({proc.log}):\n{_tail(proc.log)}")
-        try:
-            with urllib.request.urlopen(HEALTHZ, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError as exc:
-            last = str(exc)
+        if healthz_answers():
+            return
         time.sleep(0.5)  # no watch exists for a process's HTTP endpoint
-    raise TestbedError(f"workflow-controller not healthy within {timeout:.0f} s ({last}):\n{_tail(proc.log)}")
+    raise TestbedError(f"workflow-controller not healthy within {timeout:.0f} s:\n{_tail(proc.log)}")
 
 
 def exited(proc: Proc) -> bool:
@@ -382,15 +414,20 @@ def start(api_client: client.ApiClient, kubeconfig: Path, node: dict[str, Any], 
 
     On any failure, what was made so far is undone before the error goes up (nothing is left behind).
     """
+    if healthz_answers():  # its port is fixed: another controller's answer would be taken for ours
+        raise TestbedError(
+            f"{HEALTHZ} answers before our controller started: another workflow-controller runs on this "
+            "host (stop it; `python -m testbed down` if `up --argo` started it)"
+        )
     t = time.monotonic()
     bindir = ensure_argo_built()
     image = images.build_image(executor_image_spec(bindir / "argoexec"), versions.cache_root() / "images")
-    runtime = ArgoRuntime(Proc(pid=-1, exe="", log=""), image.name, [])
+    runtime = ArgoRuntime(Proc(pid=-1, exe="", log=""), image.name, [], [])
     try:
         images.import_images(Path(node["bin_dir"]) / "ctr", node["containerd_address"], [image])
         log(f"argo: executor image {image.name} imported ({fmt_duration(time.monotonic() - t)})")
         runtime.crds = apply_crds(api_client, crds_dir())
-        apply_objects(api_client, apiserver_port(api_client))
+        runtime.objects = apply_objects(api_client, apiserver_port(api_client))
         env = {**os.environ, "LEADER_ELECTION_DISABLE": "true"}
         env.pop("KUBECONFIG", None)
         command = controller_command(bindir, kubeconfig, image.name)
@@ -412,8 +449,8 @@ def stop(api_client: client.ApiClient, runtime: ArgoRuntime, node: dict[str, Any
     ext, core = client.ApiextensionsV1Api(api_client), client.CoreV1Api(api_client)
     rbac = client.RbacAuthorizationV1Api(api_client)
     deletions: list[tuple[Any, tuple[str, ...]]] = [
-        (rbac.delete_cluster_role, (EXECUTOR_ROLE,)),
-        (core.delete_namespace, (CONTROLLER_NAMESPACE,)),
+        *([(rbac.delete_cluster_role, (EXECUTOR_ROLE,))] if "clusterrole" in runtime.objects else []),
+        *([(core.delete_namespace, (CONTROLLER_NAMESPACE,))] if "namespace" in runtime.objects else []),
         *((ext.delete_custom_resource_definition, (name,)) for name in runtime.crds),
     ]
     for delete, args in deletions:
