@@ -230,8 +230,9 @@ def trigger(
 ) -> dict[str, Any]:
     """What `argo-workflows trigger` creates (a Workflow from the template), watched until done.
 
-    Submitted again once if the controller had not yet seen the template just created (its informer lags
-    the API by milliseconds; seen here: `workflowtemplates.argoproj.io "gpuinferenceflow" not found`).
+    Submitted again (up to 5 times) while the controller has not yet seen the template just created: in
+    about one run in three here the first Workflow ended at once with `workflowtemplates.argoproj.io
+    "gpuinferenceflow" not found` (the controller's template informer lags the API).
     """
     body = {
         "apiVersion": f"{argo.GROUP}/{argo.VERSION}",
@@ -239,12 +240,13 @@ def trigger(
         "metadata": {"generateName": f"{template}-", "namespace": namespace},
         "spec": {"workflowTemplateRef": {"name": template}, "arguments": {"parameters": parameters}},
     }
-    for attempt in (1, 2):
+    attempts = 5
+    for attempt in range(1, attempts + 1):
         name = create(api, namespace, "workflows", body)["metadata"]["name"]
         done = argo.wait_workflow(api, namespace, name, WORKFLOW_TIMEOUT_S)
         status = done.get("status") or {}
         unsynced = status.get("phase") == "Error" and f'"{template}" not found' in str(status.get("message"))
-        if not unsynced or attempt == 2:
+        if not unsynced or attempt == attempts:
             return done
         print(f"workflow {name}: the controller had not seen template {template} yet; submitted again")
     raise AssertionError("unreachable")
