@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument(
         "--argo",
         action="store_true",
-        help="also run Argo Workflows v3.7.6 (controller built from its Go module, ~12 min cold; CRDs, "
+        help="also run Argo Workflows v3.7.6 (controller built from its Go module, ~13.5 min cold; CRDs, "
         "executor image on the real node); opt-in, `down` stops it",
     )
     p_bundle = sub.add_parser("bundle", help="pack every binary a GPU host needs into parts that travel")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up" and args.gpu_host:
-            lifecycle.up(gpu_host=gpu_host_options(args))
+            lifecycle.up(gpu_host=gpu_host_options(args), argo=args.argo)
         elif args.command == "up":
             lifecycle.up(args.gpu_nodes, argo=args.argo)
         elif args.command == "bundle":
