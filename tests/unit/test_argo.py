@@ -167,3 +167,12 @@ def test_the_example_workflow_requests_a_gpu_only_in_its_first_step_and_runs_lea
     for name in ("allocate", "share"):
         context = templates[name]["script"]["securityContext"]
         assert context["capabilities"] == {"drop": ["ALL"]} and context["allowPrivilegeEscalation"] is False
+
+
+def test_up_argo_refuses_a_testbed_without_its_real_node(tmp_path):
+    from testbed import lifecycle
+    from testbed.state import State
+
+    state = State("c", str(tmp_path), str(tmp_path / "kubeconfig"), str(tmp_path), "", "", "")
+    with pytest.raises(argo.TestbedError, match="--argo needs the real node"):
+        lifecycle.start_argo(state)
