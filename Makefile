@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml | $(PY)
 test: $(STAMP) lint-workflows
 	$(PY) -m pytest tests/unit -m 'not gpu'
 	$(PY) -m testbed up
+	$(PY) -m testbed build --argo
 	$(PY) -m pytest tests/self -m 'not gpu'
 
 lint: $(STAMP)

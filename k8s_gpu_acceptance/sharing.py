@@ -21,7 +21,7 @@ from typing import Any
 from k8s_gpu_acceptance import dra, mps_check
 from k8s_gpu_acceptance.checks import fail
 from k8s_gpu_acceptance.cluster import GPU_RESOURCE, REQUEST_TIMEOUT, Connection, NodeFacts
-from k8s_gpu_acceptance.diagnosis import diagnose_pod_did_not_run
+from k8s_gpu_acceptance.diagnosis import Diagnosis, diagnose_isolation_leak, diagnose_pod_did_not_run
 from k8s_gpu_acceptance.document import ProbeDocument
 from k8s_gpu_acceptance.pods import PodRun, PodSession, PodState, Progress, build_probe_pod, classify_pod
 from k8s_gpu_acceptance.probe import read_document
@@ -274,6 +274,64 @@ def gpu_sight(document: ProbeDocument | Mapping[str, Any]) -> GpuSight:
         gpu_nodes,
         nvml_measured,
     )
+
+
+@dataclass(frozen=True)
+class EnvVarSharingFinding:
+    """What the GPU-sharing workflow showed (examples/argo): does a step WITHOUT a GPU request, naming the GPU
+    an earlier step was allocated in NVIDIA_VISIBLE_DEVICES, get that GPU?
+
+    `verdict`: `leak` (it does: the isolation hole, a security finding), `isolated` (it does not: the trick
+    fails here, the later steps run without a GPU), or `not assessable` (the allocating step itself saw no
+    GPU, e.g. the testbed's FAKE GPUs: no GPU seen anywhere proves nothing about isolation).
+    """
+
+    verdict: str
+    shared_value: str
+    allocated: str
+    steps: dict[str, str]
+    reason: str
+    diagnosis: Diagnosis | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        found = dataclasses.asdict(self)
+        found["diagnosis"] = self.diagnosis.as_dict() if self.diagnosis else None
+        return found
+
+
+def envvar_sharing_finding(
+    allocating: ProbeDocument | Mapping[str, Any], sharing: Mapping[str, ProbeDocument | Mapping[str, Any]]
+) -> EnvVarSharingFinding:
+    """Judge the workflow's probe documents with the isolation rules (gpu_sight, the isolation-envvar-leak
+    diagnosis): `allocating` is the step that requested the GPU, `sharing` the later steps by name."""
+    first = ProbeDocument.of(allocating)
+    own = gpu_sight(first)
+    docs = {name: ProbeDocument.of(doc) for name, doc in sharing.items()}
+    sights = {name: gpu_sight(doc) for name, doc in docs.items()}
+    values = {str(doc.env.get("NVIDIA_VISIBLE_DEVICES") or "") for doc in docs.values()}
+    shared_value = ", ".join(sorted(values)) or "(unset)"
+    steps = {name: sight.describe() for name, sight in sights.items()}
+    allocated = own.describe()
+    leaking = [name for name, sight in sights.items() if sight.sees_gpu]
+    if leaking:
+        name = leaking[0]
+        seen = f"step {name}: {sights[name].describe()}"
+        reason = (
+            f"{', '.join(leaking)} saw a GPU without requesting one (NVIDIA_VISIBLE_DEVICES={shared_value})"
+        )
+        leak = diagnose_isolation_leak("visible-uuid", seen, dict(docs[name].env))
+        return EnvVarSharingFinding("leak", shared_value, allocated, steps, reason, leak)
+    if not own.sees_gpu:
+        reason = (
+            "the step that requested the GPU saw none itself (no NVML, nvidia-smi, torch device or "
+            "/dev/nvidia<N>): later steps seeing none proves nothing; on the testbed the GPUs are FAKE"
+        )
+        return EnvVarSharingFinding("not assessable", shared_value, allocated, steps, reason)
+    reason = (
+        f"the allocating step saw {allocated}; the later steps, naming it in NVIDIA_VISIBLE_DEVICES "
+        "without a request, saw none: the env-var sharing trick does not work on this cluster"
+    )
+    return EnvVarSharingFinding("isolated", shared_value, allocated, steps, reason)
 
 
 def distinct_gpu_problems(sights: Mapping[str, GpuSight]) -> list[str]:

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from testbed import build, gpuhost, hostcheck, lifecycle, versions
+from testbed import argo, build, gpuhost, hostcheck, lifecycle, versions
 from testbed.errors import TestbedError
 
 
@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="--gpu-host: N nvidia.com/gpu per physical GPU by the device plugin's time-slicing (1: off)",
     )
+    p_up.add_argument(
+        "--argo",
+        action="store_true",
+        help="also run Argo Workflows v3.7.6 (controller built from its Go module, ~13.5 min cold; CRDs, "
+        "executor image on the real node); opt-in, `down` stops it",
+    )
     p_bundle = sub.add_parser("bundle", help="pack every binary a GPU host needs into parts that travel")
     p_bundle.add_argument("--out", type=Path, required=True, help="directory for part-1, part-2, ...")
     p_bundle.add_argument("--max-part-mib", type=float, default=58.0, help="largest part (58)")
@@ -58,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop exactly what `up` started and remove its state")
     sub.add_parser("status", help="say what runs")
     sub.add_parser("env", help="print shell exports: KUBECONFIG and the AWS_* variables for MinIO")
-    sub.add_parser("build", help="only build (or verify) the cached binaries")
+    p_build = sub.add_parser("build", help="only build (or verify) the cached binaries")
+    p_build.add_argument("--argo", action="store_true", help="build (or verify) only Argo's binaries")
     sub.add_parser(
         "check-clean",
         help="after `down`: list what the testbed left on this host, compared with before `up`",
@@ -66,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up" and args.gpu_host:
-            lifecycle.up(gpu_host=gpu_host_options(args))
+            lifecycle.up(gpu_host=gpu_host_options(args), argo=args.argo)
         elif args.command == "up":
-            lifecycle.up(args.gpu_nodes)
+            lifecycle.up(args.gpu_nodes, argo=args.argo)
         elif args.command == "bundle":
             build.ensure_built()
             gpuhost.ensure_nvidia_built()
@@ -82,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             for key, value in lifecycle.client_env().items():
                 print(f"export {key}={shlex.quote(value)}")
+        elif args.command == "build" and args.argo:
+            argo.ensure_argo_built()
         elif args.command == "build":
             build.ensure_built()
         elif args.command == "check-clean":

@@ -479,10 +479,13 @@ def record_time(bindir: Path, name: str, seconds: float) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def ensure_built(bindir: Path | None = None, components: Sequence[Component] = COMPONENTS) -> Path:
+def ensure_built(
+    bindir: Path | None = None, components: Sequence[Component] = COMPONENTS, srcdir: Path | None = None
+) -> Path:
     """Build what is missing, say what is cached, and return the bin directory.
 
-    `components` defaults to the testbed's; a GPU host adds its own (testbed/gpuhost.py) with these helpers.
+    `components` defaults to the testbed's; a GPU host adds its own (testbed/gpuhost.py) with these helpers,
+    and Argo (testbed/argo.py) its own, with `bindir`/`srcdir` in a cache directory of its own.
     """
     bindir = bindir or versions.bin_dir()
     bindir.mkdir(parents=True, exist_ok=True)
@@ -501,7 +504,7 @@ def ensure_built(bindir: Path | None = None, components: Sequence[Component] = C
         partial = bindir.parent / f"partial-{c.name}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        c.build(versions.src_dir() / c.name, partial)
+        c.build((srcdir or versions.src_dir()) / c.name, partial)
         # Move in only when the whole step succeeded: a half-built component never looks cached.
         for b in c.binaries:
             (bindir / b).parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed import argo as argo_workflows
 from testbed import build, cluster, dra, gpuhost, hostcheck, versions
 from testbed.build import fmt_duration, log
 from testbed.errors import TestbedError
@@ -104,11 +105,38 @@ def real_node_wanted() -> bool:
     return os.environ.get("TESTBED_REAL_NODE", "1") != "0"
 
 
-def up(gpu_nodes: int | None = None, gpu_host: gpuhost.GpuHost | None = None) -> Testbed:
+def up(gpu_nodes: int | None = None, gpu_host: gpuhost.GpuHost | None = None, argo: bool = False) -> Testbed:
     """Start the testbed, or reuse the running one; either way the nodes are made the wanted set.
 
     With `gpu_host`: the single-node GPU cluster of a real GPU host (testbed/gpuhost.py) instead.
+    With `argo`: Argo Workflows' controller too (testbed/argo.py), started on a running testbed if missing.
     """
+    testbed = _up(gpu_nodes, gpu_host)
+    if argo:
+        with locked():
+            state = State.load()
+            assert state is not None
+            start_argo(state)
+    return testbed
+
+
+def start_argo(state: State) -> None:
+    """Argo's controller (a host process in the state's procs: `down` stops it; its CRDs, RBAC and namespace
+    go with the cluster, its executor image with the real node's containerd)."""
+    running = state.procs.get(argo_workflows.PROC_NAME)
+    if running is not None and is_alive(running):
+        log(f"argo: workflow-controller already running (pid {running.pid})")
+        return
+    if not state.real_node:
+        raise TestbedError("--argo needs the real node (TESTBED_REAL_NODE=0 runs none): its pods run there")
+    with cluster.api(Path(state.kubeconfig)) as c:
+        runtime = argo_workflows.start(c, Path(state.kubeconfig), state.real_node, state_dir() / "logs")
+    state.procs[argo_workflows.PROC_NAME] = runtime.proc
+    state.argo = {"executor_image": runtime.executor_image, "crds": runtime.crds}
+    state.save()
+
+
+def _up(gpu_nodes: int | None, gpu_host: gpuhost.GpuHost | None) -> Testbed:
     started = time.monotonic()
     with locked():
         state = State.load()

@@ -51,6 +51,7 @@ class State:
     started_at: float = 0.0
     gpu_host: dict[str, Any] = field(default_factory=dict)  # testbed.gpuhost.GpuHost, on a real GPU host
     real_node: dict[str, Any] = field(default_factory=dict)  # testbed.node.NodeState, when the real node runs
+    argo: dict[str, Any] = field(default_factory=dict)  # `up --argo`: executor image, CRDs (testbed/argo.py)
     # Keys this version does not know, written by another version's `up` (the testbed is one per machine,
     # several checkouts use it): kept as they were and saved back, never dropped, so that version's `down`
     # still finds what it started.

@@ -68,3 +68,23 @@ def bin_dir() -> Path:
 def src_dir() -> Path:
     """Where the throwaway Go modules used for building live."""
     return cache_root() / version_key() / "src"
+
+
+# Argo Workflows (opt-in: `up --argo`): workflow-controller and argoexec, built by testbed/argo.py in a cache
+# directory of their own, so this pin never invalidates the (long) Kubernetes build above.
+# v3.7.6, not v4: the Go module proxy serves argo-workflows/v4 v4.0.5, but security flaws are reported for
+# that release, and v4 is a new major whose CRDs and executor are new too; v3.7.6 is the newest v3.7 patch in
+# reach here (2025-12-09), the line the users' Metaflow (2.19) compiles its WorkflowTemplates for. Its go.mod
+# has one replace directive (github.com/olekukonko/tablewriter => v0.0.5), which `go install` refuses: the
+# build copies it into a throwaway module (as for k8s.io/kubernetes).
+ARGO_WORKFLOWS_VERSION = "v3.7.6"
+# From the module proxy's .info of that tag: the release's commit and time (the binaries' version ldflags).
+ARGO_WORKFLOWS_COMMIT = "9572e7b8243834b951385584c2a344378accb76d"
+ARGO_WORKFLOWS_BUILD_DATE = "2025-12-09T13:25:23Z"
+ARGO_PINS: dict[str, str] = {"argo-workflows": ARGO_WORKFLOWS_VERSION}
+
+
+def argo_bin_dir() -> Path:
+    """The Argo binaries' own cache directory (keyed by ARGO_PINS only)."""
+    digest = hashlib.sha256(repr(sorted(ARGO_PINS.items())).encode()).hexdigest()[:8]
+    return cache_root() / f"argo-{digest}" / "bin"

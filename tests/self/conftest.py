@@ -175,3 +175,34 @@ def fresh_bucket(testbed_s3: Any) -> Iterator[str]:
         testbed_s3.delete_bucket(Bucket=name)
     except testbed_s3.exceptions.NoSuchBucket:
         pass
+
+
+METAFLOW_RESULTS_KEY = "gpu-inference-demo/gpu_inference_results.json"  # the flow's default --results-url
+S3_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture
+def metaflow_env(testbed: lifecycle.Testbed, testbed_s3: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Metaflow on the testbed's MinIO: bucket `metaflow`, a datastore root of this test's own, no cluster
+    (KUBECONFIG=/nonexistent). The datastore root and the results object are removed afterwards."""
+    with contextlib.suppress(
+        testbed_s3.exceptions.BucketAlreadyOwnedByYou, testbed_s3.exceptions.BucketAlreadyExists
+    ):
+        testbed_s3.create_bucket(Bucket="metaflow")
+    root = f"selftest-{uuid.uuid4().hex[:8]}"
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "METAFLOW_")) and k != "KUBECONFIG"
+    }
+    env.update({var: testbed.env[var] for var in S3_VARS})
+    env.update(
+        USERNAME="selftest",
+        KUBECONFIG="/nonexistent",  # a local run must not reach any cluster
+        METAFLOW_HOME=str(tmp_path / "metaflow-home"),
+        METAFLOW_DEFAULT_DATASTORE="s3",
+        METAFLOW_DATASTORE_SYSROOT_S3=f"s3://metaflow/{root}",
+        METAFLOW_S3_ENDPOINT_URL=testbed.env["AWS_ENDPOINT_URL_S3"],
+    )
+    yield env
+    for prefix in (root + "/", METAFLOW_RESULTS_KEY):
+        for item in testbed_s3.list_objects_v2(Bucket="metaflow", Prefix=prefix).get("Contents", []):
+            testbed_s3.delete_object(Bucket="metaflow", Key=item["Key"])

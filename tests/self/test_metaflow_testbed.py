@@ -3,28 +3,23 @@
 A local `run` on this CPU machine (`--require-gpu false`, the built-in tiny model): every step runs, the
 summary JSON lands at s3://metaflow/gpu-inference-demo/gpu_inference_results.json with the probe's verdicts
 and the GPT-2 figures. `argo-workflows create --only-json` compiles the flow for Argo: its GPU steps must ask
-for nvidia.com/gpu, tolerate tainted GPU nodes and run the image given. (Running it through an Argo
-controller is issue 14's next step: not here yet.)
+for nvidia.com/gpu, tolerate tainted GPU nodes and run the image given. (Run through an Argo controller
+on the real node: tests/self/test_argo_testbed.py.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FLOW = REPO / "examples" / "metaflow" / "gpu_inference_flow.py"
-RESULTS_KEY = "gpu-inference-demo/gpu_inference_results.json"
+RESULTS_KEY = "gpu-inference-demo/gpu_inference_results.json"  # removed by conftest's metaflow_env
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 S3_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
@@ -38,34 +33,6 @@ def minio(env: dict[str, str]) -> Any:
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name=env["AWS_DEFAULT_REGION"],
     )
-
-
-@pytest.fixture
-def metaflow_env(testbed: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Metaflow on the testbed's MinIO: bucket `metaflow`, a datastore root of this test's own, no cluster."""
-    s3 = {var: testbed.env[var] for var in S3_VARS}
-    client = minio(s3)
-    with contextlib.suppress(
-        client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists
-    ):
-        client.create_bucket(Bucket="metaflow")
-    root = f"selftest-{uuid.uuid4().hex[:8]}"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "METAFLOW_")) and k != "KUBECONFIG"
-    }
-    env.update(s3)
-    env.update(
-        USERNAME="selftest",
-        KUBECONFIG="/nonexistent",  # a local run must not reach any cluster
-        METAFLOW_HOME=str(tmp_path / "metaflow-home"),
-        METAFLOW_DEFAULT_DATASTORE="s3",
-        METAFLOW_DATASTORE_SYSROOT_S3=f"s3://metaflow/{root}",
-        METAFLOW_S3_ENDPOINT_URL=s3["AWS_ENDPOINT_URL_S3"],
-    )
-    yield env
-    for prefix in (root + "/", RESULTS_KEY):
-        for item in client.list_objects_v2(Bucket="metaflow", Prefix=prefix).get("Contents", []):
-            client.delete_object(Bucket="metaflow", Key=item["Key"])
 
 
 def _flow(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

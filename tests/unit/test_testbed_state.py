@@ -19,12 +19,12 @@ FIELDS = {
 
 
 def test_a_key_another_version_wrote_is_kept_through_load_and_save(tmp_path: Path) -> None:
-    (tmp_path / "state.json").write_text(json.dumps({**FIELDS, "argo": {"controller": {"pid": 42}}}))
+    (tmp_path / "state.json").write_text(json.dumps({**FIELDS, "future": {"controller": {"pid": 42}}}))
     state = State.load(tmp_path)
-    assert state is not None and state.unknown == {"argo": {"controller": {"pid": 42}}}
+    assert state is not None and state.unknown == {"future": {"controller": {"pid": 42}}}
     state.nodes = ["n1"]
     state.save(tmp_path)
     saved = json.loads((tmp_path / "state.json").read_text())
     assert (
-        saved["argo"] == {"controller": {"pid": 42}} and saved["nodes"] == ["n1"] and "unknown" not in saved
+        saved["future"] == {"controller": {"pid": 42}} and saved["nodes"] == ["n1"] and "unknown" not in saved
     )
