@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -636,47 +637,32 @@ class PodSession:
                 n, body=options, _request_timeout=REQUEST_TIMEOUT
             ),
         }
+
+        def attempt(what: str, delete: Callable[[], Any]) -> None:
+            try:
+                delete()
+            except ApiException as exc:
+                if exc.status != 404:
+                    problems.append(f"could not delete {what}: {exc.status} {exc.reason}")
+            except Exception as exc:
+                problems.append(f"could not delete {what}: {describe_api_error(exc, self.connection.server)}")
+
         # A namespace the session made goes whole: its Deployments (so no ReplicaSet makes new pods), its pods
         # in one call (grace 0: the API removes them at once, so their GPUs are free when pytest returns; a
         # sweep has a thousand), then the namespace.
         if self.created_namespace:
             for kind, name in self.created:
-                if kind != "deployment":
-                    continue
-                try:
-                    deleters[kind](name)
-                except ApiException as exc:
-                    if exc.status != 404:
-                        problems.append(f"could not delete {kind}/{name}: {exc.status} {exc.reason}")
-                except Exception as exc:
-                    problems.append(
-                        f"could not delete {kind}/{name}: {describe_api_error(exc, self.connection.server)}"
-                    )
-            try:
-                self.core.delete_collection_namespaced_pod(
+                if kind == "deployment":
+                    attempt(f"{kind}/{name}", functools.partial(deleters[kind], name))
+            attempt(
+                f"the pods of {self.namespace}",
+                lambda: self.core.delete_collection_namespaced_pod(
                     self.namespace, grace_period_seconds=0, _request_timeout=REQUEST_TIMEOUT
-                )
-            except ApiException as exc:
-                if exc.status != 404:
-                    problems.append(
-                        f"could not delete the pods of {self.namespace}: {exc.status} {exc.reason}"
-                    )
-            except Exception as exc:
-                problems.append(
-                    f"could not delete the pods of {self.namespace}: "
-                    f"{describe_api_error(exc, self.connection.server)}"
-                )
+                ),
+            )
         doomed = [("namespace", self.namespace)] if self.created_namespace else list(reversed(self.created))
         for kind, name in doomed:
-            try:
-                deleters[kind](name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    problems.append(f"could not delete {kind}/{name}: {exc.status} {exc.reason}")
-            except Exception as exc:
-                problems.append(
-                    f"could not delete {kind}/{name}: {describe_api_error(exc, self.connection.server)}"
-                )
+            attempt(f"{kind}/{name}", functools.partial(deleters[kind], name))
         if not problems:
             problems += self._wait_pods_gone(wait_s)
         if not problems:
