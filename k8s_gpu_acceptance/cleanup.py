@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs = sorted({o.run_id for o in found})
     print(f"cleanup: {connection.description}: {len(found)} object(s) of {len(runs)} run(s) carry the label")
-    for stuck in (o for o in found if o.terminating):  # e.g. deleted by a run killed mid-cleanup
+    for stuck in (o for o in found if o.terminating):  # runs wait for their pods, not their namespaces
         print(
             f"terminating {stuck.ref()} (deletion under way; still there minutes later means a stuck "
             "finalizer: kubectl get it -o yaml)"

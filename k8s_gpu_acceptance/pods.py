@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from k8s_gpu_acceptance.wait import Seen, Source, V, exists, gone, wait_for
 PROBE_PACKAGE = Path(gpu_probe.__file__).resolve().parent
 POD_TEMPLATE = Path("manifests") / "probe-pod.yaml"
 SERVICE_ACCOUNT_WAIT_S = 30.0
-NAMESPACE_GONE_WAIT_S = 60.0
+PODS_GONE_WAIT_S = 60.0
 
 IMAGE_PULL_REASONS = {
     "ErrImagePull",
@@ -597,7 +598,7 @@ class PodSession:
         return result, logs
 
     # -- cleanup ----------------------------------------------------------------------------------------
-    def cleanup(self, wait_s: float = NAMESPACE_GONE_WAIT_S) -> list[str]:
+    def cleanup(self, wait_s: float = PODS_GONE_WAIT_S) -> list[str]:
         """Delete what this session created (newest first); returns problems, for the caller to warn about."""
         problems: list[str] = []
         if self.settings.keep:
@@ -636,21 +637,34 @@ class PodSession:
                 n, body=options, _request_timeout=REQUEST_TIMEOUT
             ),
         }
-        # Deleting a namespace the session made deletes all in it: one call, not one per pod (a sweep has
-        # a thousand).
-        doomed = [("namespace", self.namespace)] if self.created_namespace else list(reversed(self.created))
-        for kind, name in doomed:
+
+        def attempt(what: str, delete: Callable[[], Any]) -> None:
             try:
-                deleters[kind](name)
+                delete()
             except ApiException as exc:
                 if exc.status != 404:
-                    problems.append(f"could not delete {kind}/{name}: {exc.status} {exc.reason}")
+                    problems.append(f"could not delete {what}: {exc.status} {exc.reason}")
             except Exception as exc:
-                problems.append(
-                    f"could not delete {kind}/{name}: {describe_api_error(exc, self.connection.server)}"
-                )
-        if self.created_namespace and not problems:
-            problems += self._wait_namespace_gone(wait_s)
+                problems.append(f"could not delete {what}: {describe_api_error(exc, self.connection.server)}")
+
+        # A namespace the session made goes whole: its Deployments (so no ReplicaSet makes new pods), its pods
+        # in one call (grace 0: the API removes them at once, so their GPUs are free when pytest returns; a
+        # sweep has a thousand), then the namespace.
+        if self.created_namespace:
+            for kind, name in self.created:
+                if kind == "deployment":
+                    attempt(f"{kind}/{name}", functools.partial(deleters[kind], name))
+            attempt(
+                f"the pods of {self.namespace}",
+                lambda: self.core.delete_collection_namespaced_pod(
+                    self.namespace, grace_period_seconds=0, _request_timeout=REQUEST_TIMEOUT
+                ),
+            )
+        doomed = [("namespace", self.namespace)] if self.created_namespace else list(reversed(self.created))
+        for kind, name in doomed:
+            attempt(f"{kind}/{name}", functools.partial(deleters[kind], name))
+        if not problems:
+            problems += self._wait_pods_gone(wait_s)
         if not problems:
             self.created.clear()  # idempotent: a second call (interrupt, then finalizer) has nothing to do
         return problems
@@ -678,25 +692,39 @@ class PodSession:
             ]
         return []
 
-    def _wait_namespace_gone(self, wait_s: float) -> list[str]:
-        """Watch the namespace until it is gone, so a finished run provably leaves nothing behind."""
+    def _wait_pods_gone(self, wait_s: float) -> list[str]:
+        """Watch until the run's pods in the namespace are gone (its own and those its Deployments made):
+        then no GPU is held any more when pytest returns.
+
+        Not the namespace: kube-controller-manager's namespace controller waits a fixed 5 s
+        (namespaceDeletionGracePeriod) before it empties and removes a deleted namespace, which would cost
+        every run 5 s for nothing. A terminating namespace is not a leftover: the next run leaves it alone,
+        and the cleanup command lists one stuck in Terminating.
+        """
+        deadline = time.monotonic() + wait_s
+        ours = {"label_selector": run_selector(self.run_id)}
         try:
-            gone_now = self._wait(
-                Source(self.core.list_namespace, (), {"field_selector": f"metadata.name={self.namespace}"}),
-                [self.namespace],
-                gone,
-                wait_s,
-            )
+            while True:  # a ReplicaSet may still make a pod before its Deployment's deletion reaches it
+                listed = self.core.list_namespaced_pod(
+                    self.namespace, _request_timeout=REQUEST_TIMEOUT, **ours
+                )
+                left = [p.metadata.name for p in listed.items]
+                if not left:
+                    return []
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wait(
+                    Source(self.core.list_namespaced_pod, (self.namespace,), ours), left, gone, remaining
+                )
         except Exception as exc:
             return [
-                f"could not confirm namespace {self.namespace} is gone: "
+                f"could not confirm the pods of {self.namespace} are gone: "
                 f"{describe_api_error(exc, self.connection.server)}"
             ]
-        if gone_now:
-            return []
         return [
-            f"namespace {self.namespace} still terminating after {wait_s:.0f}s; it will go by itself "
-            f"(check: kubectl get ns {self.namespace} -o yaml)"
+            f"{len(left)} pod(s) in {self.namespace} still there after {wait_s:.0f}s: {', '.join(left[:5])} "
+            f"(they will go by themselves; check: kubectl get pods -n {self.namespace} -o yaml)"
         ]
 
 

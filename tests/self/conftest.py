@@ -54,8 +54,9 @@ def leftovers(core: client.CoreV1Api, testbed_api: client.ApiClient) -> Callable
     """Lists the namespaces, pods, ConfigMaps, ResourceClaimTemplates (--allocation dra), Services and
     Deployments (the serving check) matching a label selector: what a run left behind.
 
-    Namespaces still terminating (kube-controller-manager removes a deleted namespace only after a fixed 5 s)
-    get 30 s to go before anything is counted, so one that never goes is still reported."""
+    The suite waits until its pods are gone, not its namespaces (kube-controller-manager removes a deleted
+    namespace after a fixed 5 s): namespaces already terminating get 30 s to go before anything is counted,
+    so one that never goes is still reported."""
     resource = client.ResourceV1Api(testbed_api)
     apps = client.AppsV1Api(testbed_api)
 
