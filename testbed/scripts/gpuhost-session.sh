@@ -2,8 +2,10 @@
 # The whole issue-10 sequence on a GPU host without network, as the H100 runs of 2026-11-25 used it (see
 # docs/h100-gpu-host-2026-11-25/): unpack the bundle, `up --gpu-host` with a small probe image, the suite,
 # the torch probe image, the suite again with all 8 layers, the serving check (GPT-2 Deployment under load),
-# time-slicing and the sharing checks, `down`,
+# on a multi-GPU host one pod with every GPU, time-slicing and the sharing checks, the time-to-verdict bench,
+# `down`,
 # `check-clean`. Every step has a share of a time budget, so a run cut short still leaves its results.
+# Steps can be skipped for a session that adds one more: SMALL_RUN=0, FULL_RUN=0, SERVING=0, SHARING=0, BENCH=0.
 #
 # Before (on a machine with Go): python -m testbed bundle --out .gpuhost/bundle; the suite's wheels in
 # .gpuhost/wheels (the project's own: pip wheel --no-deps -w .gpuhost/wheels .; its dependencies for the
@@ -42,7 +44,7 @@ while [ "$(left)" -gt 120 ] && pgrep -f "testbed gpu-host-image" > /dev/null; do
 BIG=$(grep '^k8s-gpu-acceptance.local' "$R/image.log" | tail -1)
 el "torch image: ${BIG:-not ready}; $(grep -E 'probe image|imported' "$R/image.log" | tr '\n' ' ')"
 K=/opt/kga/bin/kubectl
-if [ -n "$BIG" ] && [ "${FULL_RUN:-1}" = 1 ]; then
+if [ -n "$BIG" ] && [ "${FULL_RUN:-1}" = 1 ]; then  # FULL_RUN=0: skip (SERVING/BENCH/SHARING still run)
   timeout $(( $(left) / 3 )) $PYT -m gpu --image="$BIG" --report-dir="$TMP/full" --keep > "$TMP/full/pytest.txt" 2>&1
   el "torch-image run rc=$? ($(tail -1 "$TMP/full/pytest.txt"))"
   for p in $($K get pods -A -l k8s-gpu-acceptance/role=probe -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{"\n"}{end}'); do
@@ -55,7 +57,9 @@ if [ -n "$BIG" ] && [ "${FULL_RUN:-1}" = 1 ]; then
   el "kept objects deleted: rc=$? ($(tail -1 "$TMP/full/cleanup.txt"))"
   $K wait --for=delete pods -A -l app.kubernetes.io/managed-by=k8s-gpu-acceptance --timeout=60s > /dev/null 2>&1
   el "their pods gone: rc=$?"; pack full
-  if [ "$(left)" -gt 200 ]; then  # issue 14: the GPT-2 service as a Deployment under load; GPUs+1 replicas: one Pending
+fi
+if [ -n "$BIG" ]; then
+  if [ "${SERVING:-1}" = 1 ] && [ "$(left)" -gt 200 ]; then  # issue 14: GPT-2 Deployment under load; GPUs+1 replicas: one Pending
     mkdir -p "$TMP/serving"
     timeout 150 $PYT -m serving --image="$BIG" --report-dir="$TMP/serving" > "$TMP/serving/pytest.txt" 2>&1
     el "serving run rc=$? ($(tail -1 "$TMP/serving/pytest.txt")); $(grep -E 'serving: [0-9]+ client' "$TMP/serving/pytest.txt" | tr '\n' ' ')"
