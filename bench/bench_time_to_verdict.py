@@ -108,7 +108,10 @@ def suite_run(args: argparse.Namespace, kubeconfig: str, extra: list[str]) -> tu
         f"--report-dir={work / 'reports'}", f"--kubeconfig={kubeconfig}", *extra, *args.pytest_arg,
     ]  # fmt: skip
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=work, capture_output=True, text=True, check=False, timeout=900)
+    # From the checkout, as a user runs it: manifests/probe-pod.yaml is found beside the package only when
+    # the package is the checkout's (editable); installed from a wheel, the suite reads it from the current
+    # directory (on the GPU host a temporary directory here failed every run's probe pod).
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False, timeout=900)
     wall = time.perf_counter() - started
     tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
     if not (work / "reports" / "report.json").is_file():
@@ -120,7 +123,7 @@ def suite_run(args: argparse.Namespace, kubeconfig: str, extra: list[str]) -> tu
     scheduling = layers.get("scheduling") or {}
     if scheduling.get("outcome") != "passed":  # its pod never ran: nothing like the bare round trip
         why = [
-            f"{name}: {entry.get('outcome')}: {str(entry.get('message') or '').splitlines()[0][:300]}"
+            f"{name}: {entry.get('outcome')}: {_gist(str(entry.get('message') or ''))}"
             for name, entry in layers.items()
             if entry.get("outcome") not in ("passed", None)
         ][:3]
@@ -129,6 +132,14 @@ def suite_run(args: argparse.Namespace, kubeconfig: str, extra: list[str]) -> tu
             f"{scheduling.get('outcome', 'missing')}), so its time is no time to verdict:\n" + "\n".join(why)
         )
     return wall, report
+
+
+def _gist(message: str) -> str:
+    """The line that says what went wrong: a fixture error's `E ...` line (its first line only lists the
+    fixture's arguments), else the first line."""
+    lines = message.splitlines() or [""]
+    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
+    return (errors[-1] if errors else lines[0])[:300]
 
 
 def suite_options(args: argparse.Namespace) -> list[str]:

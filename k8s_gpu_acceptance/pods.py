@@ -187,7 +187,16 @@ def checkout_file(relative: Path) -> Path:
     """A file of the checkout: beside the package (a checkout or an editable install), else in the current
     directory (a `pip install .` run from its checkout, as the nightly CronJob does)."""
     beside = Path(__file__).resolve().parent.parent / relative
-    return beside if beside.is_file() else Path.cwd() / relative
+    if beside.is_file():
+        return beside
+    here = Path.cwd() / relative
+    if not here.is_file():
+        raise FileNotFoundError(
+            f"{relative} not found beside the installed package ({beside}) nor in the current directory "
+            f"({here}): run the suite from its checkout (the package installed from a wheel reads the "
+            "checkout's manifests/ from the current directory)"
+        )
+    return here
 
 
 def pod_template() -> Path:

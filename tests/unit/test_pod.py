@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from k8s_gpu_acceptance.pods import (
     PodRun,
     build_probe_pod,
@@ -152,3 +156,18 @@ def test_oom_killed_probe_container_is_named_in_the_error():
     run = probe_from_pod(pod)
     assert run.document is None and run.error is not None
     assert run.error.startswith("the probe container was OOMKilled (exit code 137)")
+
+
+def test_a_checkout_file_missing_everywhere_names_where_it_looked_and_the_fix(tmp_path, monkeypatch):
+    """Installed from a wheel and run outside the checkout, the probe pod's template is not there: the error
+    says where it looked and what to do, not a bare FileNotFoundError of a relative path."""
+    from k8s_gpu_acceptance.pods import checkout_file
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as raised:
+        checkout_file(Path("manifests") / "no-such.yaml")
+    assert str(tmp_path / "manifests" / "no-such.yaml") in str(raised.value)
+    assert "run the suite from its checkout" in str(raised.value)
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "no-such.yaml").write_text("kind: Pod\n")
+    assert checkout_file(Path("manifests") / "no-such.yaml") == tmp_path / "manifests" / "no-such.yaml"
