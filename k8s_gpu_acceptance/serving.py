@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes.client.rest import ApiException
 
 from k8s_gpu_acceptance.cluster import GPU_RESOURCE, REQUEST_TIMEOUT, Connection
@@ -403,19 +404,26 @@ class ServingSession(ScenarioPods):
         return f"/api/v1/namespaces/{self.namespace}/services/{self.deployment}:{PORT}/proxy/{path}"
 
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        """One request through the service proxy, authenticated as the suite's client: (status, JSON)."""
-        params = self.api.param_serialize(
+        """One request through the service proxy, authenticated as the suite's client: (status, JSON).
+
+        Sent through the client's own urllib3 pool (its TLS settings and client certificate) with the
+        headers of `auth_settings()` (a bearer token, refreshed by the kubeconfig's hook): kubernetes clients
+        36 and 37 build API requests differently, their pool and auth settings are the same."""
+        configuration = self.api.configuration
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        for setting in configuration.auth_settings().values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"]] = setting["value"]
+        response = self.api.rest_client.pool_manager.request(
             method,
-            self._proxy_path(path),
-            header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
+            configuration.host + self._proxy_path(path),
+            body=None if body is None else json.dumps(body).encode(),
+            headers=headers,
+            timeout=urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT_S),
         )
-        response = self.api.call_api(*params, _request_timeout=(REQUEST_TIMEOUT[0], REQUEST_TIMEOUT_S))
-        data = response.read()
         if not 200 <= response.status < 300:
             return response.status, {}
-        answer: dict[str, Any] = json.loads(data)
+        answer: dict[str, Any] = json.loads(response.data)
         return response.status, answer
 
     def sender(self, new_tokens: int, generate_ms: list[float]) -> Callable[[], Result]:

@@ -55,3 +55,11 @@ def suite_command(report_dir: Path, *args: str, markers: str = DEFAULT_MARKERS) 
 def assert_nothing_left(leftovers: Any, run_id: str) -> None:
     left = leftovers(f"k8s-gpu-acceptance/run-id={run_id}")
     assert not left, f"run {run_id} left objects behind: {left}"
+
+
+def pod_log(core: Any, name: str, namespace: str, container: str | None = None) -> str:
+    """A pod's log as text. Read raw: the client's own decoding differs between versions (36 returned a
+    JSON-looking log as a bytes repr, "b'{...")."""
+    kwargs = {"container": container} if container else {}
+    response = core.read_namespaced_pod_log(name, namespace, _preload_content=False, **kwargs)
+    return str(response.data.decode("utf-8", errors="replace"))

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from suiterun import pod_log
 
 from k8s_gpu_acceptance.probe import read_document
 from k8s_gpu_acceptance.sharing import envvar_sharing_finding
@@ -289,7 +290,7 @@ def test_the_metaflow_flow_runs_through_argo_on_the_real_node_and_writes_to_mini
     print(f"Metaflow workflow {wf_name}: {done['status']['phase']} in {time.monotonic() - started:.1f}s")
     pods = step_pods(core, workflow_namespace, wf_name)
     logs = {
-        step: core.read_namespaced_pod_log(pod.metadata.name, workflow_namespace, container="main")[-3000:]
+        step: pod_log(core, pod.metadata.name, workflow_namespace, container="main")[-3000:]
         for step, pod in pods.items()
     }
     assert done["status"]["phase"] == "Succeeded", (
@@ -342,7 +343,7 @@ def test_the_gpu_sharing_workflow_runs_and_its_finding_is_honest_about_the_fake_
     done = argo.wait_workflow(testbed_api, workflow_namespace, wf_name, WORKFLOW_TIMEOUT_S)
     pods = step_pods(core, workflow_namespace, wf_name)
     logs = {
-        step: core.read_namespaced_pod_log(pod.metadata.name, workflow_namespace, container="main")
+        step: pod_log(core, pod.metadata.name, workflow_namespace, container="main")
         for step, pod in pods.items()
     }
     assert done["status"]["phase"] == "Succeeded", (

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client, watch
+from suiterun import pod_log
 
 from testbed import images
 from testbed.versions import cache_root
@@ -218,7 +219,7 @@ def test_the_cronjob_runs_the_suite_in_the_cluster_and_reports_reach_minio(
                 finished = event["object"]
                 break
         pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"job-name={job_name}").items
-        logs = "\n".join(core.read_namespaced_pod_log(p.metadata.name, NAMESPACE) for p in pods)
+        logs = "\n".join(pod_log(core, p.metadata.name, NAMESPACE) for p in pods)
         assert finished is not None, f"the Job did not finish within 300 s; pods: {pods}\n{logs[-3000:]}"
         assert pods and pods[0].spec.node_name == "real-node", logs[-3000:]
         terminated = pods[0].status.container_statuses[0].state.terminated
