@@ -37,6 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bare_namespace import make_bare_namespace  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
 from k8s_gpu_acceptance.pods import (  # noqa: E402
@@ -44,9 +45,8 @@ from k8s_gpu_acceptance.pods import (  # noqa: E402
     probe_configmap_data,
     probe_configmap_items,
 )
-from k8s_gpu_acceptance.run import run_labels  # noqa: E402
 from k8s_gpu_acceptance.settings import Settings, Toleration  # noqa: E402
-from k8s_gpu_acceptance.wait import Seen, Source, exists, wait_for  # noqa: E402
+from k8s_gpu_acceptance.wait import Seen, Source, wait_for  # noqa: E402
 
 STATE = Path.home() / ".cache" / "k8s-gpu-acceptance" / "state" / "state.json"
 REAL_NODE_TAINT = "testbed.k8s-gpu-acceptance.io/real-node=true:NoSchedule"
@@ -87,7 +87,6 @@ def bare_round_trip(api: client.ApiClient, settings: Settings, namespace: str, c
         finished,
         new=Seen,
         timeout_s=settings.pod_timeout,
-        serialize=api.sanitize_for_serialization,
     )
     log = core.read_namespaced_pod_log(name, namespace, container="probe", _preload_content=False).data
     took = time.perf_counter() - started
@@ -212,29 +211,12 @@ def main() -> int:
     api = config.new_client_from_config(config_file=args.kubeconfig)
     core = client.CoreV1Api(api)
     namespace = f"bench-ttv-{uuid.uuid4().hex[:6]}"
-    labels = run_labels(namespace)
-    core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
+    configmap = "gpu-probe-bench"
+    make_bare_namespace(core, namespace, configmap)  # not timed
     bare: list[float] = []
     suite: list[float] = []
     reports: list[dict[str, float]] = []
     try:
-        wait_for(  # the namespace's default ServiceAccount (admission needs it); not timed
-            Source(
-                core.list_namespaced_service_account,
-                (namespace,),
-                {"field_selector": "metadata.name=default"},
-            ),
-            ["default"],
-            exists,
-            new=Seen,
-            timeout_s=60,
-            serialize=api.sanitize_for_serialization,
-        )
-        data = probe_configmap_data()
-        configmap = "gpu-probe-bench"
-        core.create_namespaced_config_map(
-            namespace, {"metadata": {"name": configmap, "labels": labels}, "data": data}
-        )
         print(f"bench_time_to_verdict: node {args.node}, image {args.image}, {args.repeats} x (bare, suite)")
         for i in range(args.repeats):
             bare.append(bare_round_trip(api, settings, namespace, configmap))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,17 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
 _SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def api_json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the official client and return the API server's JSON as it came (dicts, camelCase keys, times as
+    strings), skipping the client's model deserialization: parsing every timestamp of every object with
+    dateutil was the suite's largest CPU cost in a 1000-node sweep (bench/bench_sweep.py)."""
+    response = call(*args, **kwargs, _preload_content=False)
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()
 
 
 def in_cluster() -> bool:
@@ -189,19 +201,24 @@ class ClusterFacts:
         return [n for n in self.nodes if n.is_gpu_node]
 
 
-def node_facts(node: client.V1Node) -> NodeFacts:
-    """Flatten a V1Node into the facts the layers use."""
-    status = node.status
-    ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
+def node_facts(node: dict[str, Any]) -> NodeFacts:
+    """Flatten a node's API JSON into the facts the layers use."""
+    meta, spec, status = node.get("metadata") or {}, node.get("spec") or {}, node.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
     return NodeFacts(
-        name=node.metadata.name,
+        name=meta.get("name", ""),
         ready=ready,
-        unschedulable=bool(node.spec.unschedulable),
-        gpu_capacity=int((status.capacity or {}).get(GPU_RESOURCE, "0")),
-        gpu_allocatable=int((status.allocatable or {}).get(GPU_RESOURCE, "0")),
-        labels=dict(node.metadata.labels or {}),
-        taints=[{"key": t.key, "value": t.value, "effect": t.effect} for t in (node.spec.taints or [])],
-        kubelet_version=status.node_info.kubelet_version if status.node_info else "",
+        unschedulable=bool(spec.get("unschedulable")),
+        gpu_capacity=int((status.get("capacity") or {}).get(GPU_RESOURCE, "0")),
+        gpu_allocatable=int((status.get("allocatable") or {}).get(GPU_RESOURCE, "0")),
+        labels=dict(meta.get("labels") or {}),
+        taints=[
+            {"key": t.get("key"), "value": t.get("value"), "effect": t.get("effect")}
+            for t in spec.get("taints") or []
+        ],
+        kubelet_version=(status.get("nodeInfo") or {}).get("kubeletVersion", ""),
     )
 
 
@@ -215,12 +232,12 @@ def gather_cluster_facts(connection: Connection) -> ClusterFacts:
     try:
         version = client.VersionApi(connection.api).get_code(_request_timeout=REQUEST_TIMEOUT)
         facts.version = version.git_version
-        nodes = client.CoreV1Api(connection.api).list_node(_request_timeout=REQUEST_TIMEOUT)
+        nodes = api_json(client.CoreV1Api(connection.api).list_node, _request_timeout=REQUEST_TIMEOUT)
     except Exception as exc:
         facts.error = describe_api_error(exc, connection.server)
         return facts
     facts.reachable = True
-    facts.nodes = [node_facts(n) for n in nodes.items]
+    facts.nodes = [node_facts(n) for n in nodes.get("items") or []]
     return facts
 
 
@@ -236,12 +253,12 @@ class DevicePluginFacts:
     error: str | None = None
 
 
-def is_device_plugin(ds: client.V1DaemonSet) -> bool:
+def is_device_plugin(ds: dict[str, Any]) -> bool:
     """Upstream static manifest, Helm chart and GPU Operator all name it nvidia-device-plugin*."""
-    meta = ds.metadata
-    labels = meta.labels or {}
+    meta = ds.get("metadata") or {}
+    labels = meta.get("labels") or {}
     return (
-        any(n in meta.name for n in DEVICE_PLUGIN_NAMES)
+        any(n in meta.get("name", "") for n in DEVICE_PLUGIN_NAMES)
         or labels.get("app.kubernetes.io/name") == "nvidia-device-plugin"
         or labels.get("app") == "nvidia-device-plugin-daemonset"
     )
@@ -253,29 +270,32 @@ def gather_device_plugin_facts(connection: Connection) -> DevicePluginFacts:
     apps = client.AppsV1Api(connection.api)
     core = client.CoreV1Api(connection.api)
     try:
-        found = [
-            ds
-            for ds in apps.list_daemon_set_for_all_namespaces(_request_timeout=REQUEST_TIMEOUT).items
-            if is_device_plugin(ds)
-        ]
-        for ds in found:
-            selector = ",".join(f"{k}={v}" for k, v in (ds.spec.selector.match_labels or {}).items())
-            pods = core.list_namespaced_pod(
-                ds.metadata.namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
-            ).items
-            for pod in pods:
-                ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-                if ready and pod.spec.node_name:
-                    facts.ready_nodes.add(pod.spec.node_name)
-            status = ds.status
+        listed = api_json(apps.list_daemon_set_for_all_namespaces, _request_timeout=REQUEST_TIMEOUT)
+        for ds in [ds for ds in listed.get("items") or [] if is_device_plugin(ds)]:
+            meta, spec, status = ds["metadata"], ds.get("spec") or {}, ds.get("status") or {}
+            match = (spec.get("selector") or {}).get("matchLabels") or {}
+            selector = ",".join(f"{k}={v}" for k, v in match.items())
+            pods = api_json(
+                core.list_namespaced_pod,
+                meta["namespace"],
+                label_selector=selector,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+            for pod in pods.get("items") or []:
+                conditions = (pod.get("status") or {}).get("conditions") or []
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+                node = (pod.get("spec") or {}).get("nodeName")
+                if ready and node:
+                    facts.ready_nodes.add(node)
+            containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
             facts.daemonsets.append(
                 {
-                    "namespace": ds.metadata.namespace,
-                    "name": ds.metadata.name,
-                    "image": ", ".join(c.image for c in ds.spec.template.spec.containers),
-                    "desired": status.desired_number_scheduled,
-                    "ready": status.number_ready,
-                    "available": status.number_available or 0,
+                    "namespace": meta["namespace"],
+                    "name": meta["name"],
+                    "image": ", ".join(str(c.get("image")) for c in containers),
+                    "desired": status.get("desiredNumberScheduled"),
+                    "ready": status.get("numberReady"),
+                    "available": status.get("numberAvailable") or 0,
                 }
             )
     except Exception as exc:

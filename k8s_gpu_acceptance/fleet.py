@@ -24,7 +24,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from k8s_gpu_acceptance import sweep
-from k8s_gpu_acceptance.cluster import REQUEST_TIMEOUT, Connection, api_message, node_facts
+from k8s_gpu_acceptance.cluster import REQUEST_TIMEOUT, Connection, api_json, api_message, node_facts
 from k8s_gpu_acceptance.pods import (
     PodFailure,
     PodRun,
@@ -33,6 +33,7 @@ from k8s_gpu_acceptance.pods import (
     Progress,
     build_probe_pod,
     classify_pod,
+    event_time,
 )
 from k8s_gpu_acceptance.run import run_selector
 from k8s_gpu_acceptance.settings import Settings
@@ -60,25 +61,22 @@ class SweepPlan:
         return sorted([t.node for t in self.targets] + broken, key=sweep.natural_key)
 
 
-def used_gpus_by_node(core: client.CoreV1Api, api: client.ApiClient) -> dict[str, int]:
-    """nvidia.com/gpu held by live pods, per node (what the scheduler subtracts from allocatable)."""
-    from k8s_gpu_acceptance.sharing import list_gpu_holders
-
-    used: dict[str, int] = defaultdict(int)
-    for holder in list_gpu_holders(core, api):
-        used[holder.node] += holder.gpus
-    return dict(used)
-
-
 def plan(connection: Connection, settings: Settings) -> SweepPlan:
     """List the GPU nodes (the label selector is the API server's to evaluate) and choose."""
+    from k8s_gpu_acceptance.sharing import used_gpus_by_node  # sharing imports the pods module, as we do
+
     started = time.monotonic()
     core = client.CoreV1Api(connection.api)
     try:
-        nodes = core.list_node(
-            label_selector=settings.node_label_selector or "", _request_timeout=REQUEST_TIMEOUT
-        ).items
-        used = used_gpus_by_node(core, connection.api) if settings.idle_only else {}
+        nodes = (
+            api_json(
+                core.list_node,
+                label_selector=settings.node_label_selector or "",
+                _request_timeout=REQUEST_TIMEOUT,
+            ).get("items")
+            or []
+        )
+        used = used_gpus_by_node(core) if settings.idle_only else {}
     except ApiException as exc:
         return SweepPlan(error=f"listing the nodes failed: {exc.status} {api_message(exc)}")
     except Exception as exc:  # unreachable: the cluster layer says why, with the fix
@@ -120,15 +118,14 @@ class _EventCache:
         self.read_at = -math.inf
 
     def refresh(self) -> None:
-        items = self.session.core.list_namespaced_event(
-            self.session.namespace, _request_timeout=REQUEST_TIMEOUT
-        ).items
-        items.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp or ""))
+        listed = api_json(
+            self.session.core.list_namespaced_event, self.session.namespace, _request_timeout=REQUEST_TIMEOUT
+        )
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for event in items:
-            involved = event.involved_object
-            if involved is not None and involved.kind == "Pod":
-                grouped[involved.name].append(self.session.api.sanitize_for_serialization(event))
+        for event in sorted(listed.get("items") or [], key=event_time):
+            involved = event.get("involvedObject") or {}
+            if involved.get("kind") == "Pod":
+                grouped[str(involved.get("name"))].append(event)
         self.by_pod, self.read_at = dict(grouped), time.monotonic()
 
     def of(self, name: str, fresh: bool = False) -> list[dict[str, Any]]:
@@ -202,6 +199,13 @@ def run(
 
     pool = ThreadPoolExecutor(max_workers=API_WORKERS, thread_name_prefix="sweep")
     pending_creates: list[Future[None]] = []
+    readers: dict[str, Future[PodRun]] = {}
+
+    def read_log(name: str) -> PodRun:
+        """The finished pod's log, read while the other pods still run (not after the last one)."""
+        scratch = PodRun(namespace=session.namespace, name=name)
+        scratch.log = session.read_logs(scratch).get("probe")
+        return scratch
 
     def start_some() -> None:
         for node in queue.to_start():
@@ -234,6 +238,8 @@ def run(
             )
         if verdict is not None:
             decided_at[name] = time.monotonic()
+            if verdict == "done" or (isinstance(verdict, PodFailure) and verdict.kind == "container"):
+                readers[name] = pool.submit(read_log, name)
             queue.finish(node_of[name])
             done_count[0] += 1
             if done_count[0] % max(1, len(targets) // 10) == 0 or done_count[0] == len(targets):
@@ -255,14 +261,12 @@ def run(
             condition,
             new=PodState,
             timeout_s=settings.pod_timeout * waves + 2 * WINDOW_S,
-            serialize=session.api.sanitize_for_serialization,
         )
         for future in pending_creates:
             future.result()
         result.timings["pods_s"] = round(time.monotonic() - t1, 2)
         t2 = time.monotonic()
         events.refresh()
-        readers: dict[str, Future[None]] = {}
         for name, node in node_of.items():
             pod = PodRun(namespace=session.namespace, name=name)
             verdict = waited.verdicts.get(name)
@@ -274,12 +278,11 @@ def run(
                 pod.failure = verdict
             elif verdict is None:
                 pod.failure = PodFailure("timeout", "DeadlineExceeded", "the sweep ended before this pod")
-            if pod.failure is None or pod.failure.kind == "container":
-                readers[node] = pool.submit(_read_log, session, pod)
+            if name in readers:
+                scratch = readers[name].result()
+                pod.log, pod.failure = scratch.log, pod.failure or scratch.failure
             pod.image = settings.image
             result.pods[node] = pod
-        for future in readers.values():
-            future.result()
         result.timings["logs_and_events_s"] = round(time.monotonic() - t2, 2)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -302,10 +305,6 @@ def node_pod(sweep_run: SweepRun, node: str) -> PodRun:
         return sweep_run.pods[node]
     reason = next((s.reason for s in sweep_run.plan.skipped if s.node == node), "the sweep did not probe it")
     return PodRun(namespace="", name="", node_name=None, failure=PodFailure("node", node, reason))
-
-
-def _read_log(session: PodSession, pod: PodRun) -> None:
-    pod.log = session.read_logs(pod).get("probe")
 
 
 def write_verdicts(

@@ -33,6 +33,7 @@ from k8s_gpu_acceptance.cluster import (
     GPU_RESOURCE,
     REQUEST_TIMEOUT,
     Connection,
+    api_json,
     api_message,
     describe_api_error,
 )
@@ -43,6 +44,7 @@ from k8s_gpu_acceptance.wait import Seen, Source, V, exists, gone, wait_for
 PROBE_PACKAGE = Path(gpu_probe.__file__).resolve().parent
 POD_TEMPLATE = Path("manifests") / "probe-pod.yaml"
 SERVICE_ACCOUNT_WAIT_S = 30.0
+UNFINISHED = "status.phase!=Succeeded,status.phase!=Failed"  # pods that may still hold a GPU
 PODS_GONE_WAIT_S = 60.0
 
 IMAGE_PULL_REASONS = {
@@ -111,6 +113,16 @@ class Verdict:
     state: str  # "wait" | "done" | "fail"
     progress: str
     failure: PodFailure | None = None
+
+
+def event_time(event: dict[str, Any]) -> str:
+    """An event's time as the API server wrote it (RFC 3339, UTC): the sort key for oldest first."""
+    return str(
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or (event.get("metadata") or {}).get("creationTimestamp")
+        or ""
+    )
 
 
 def classify_pod(pod: dict[str, Any], events: list[dict[str, Any]] | None = None) -> Verdict:
@@ -404,7 +416,9 @@ class PodSession:
             "deployment": self.apps.create_namespaced_deployment,
             "resourceclaimtemplate": self.resource.create_namespaced_resource_claim_template,
         }
-        creators[kind](self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
+        # The created object is not needed: its JSON is not decoded into the client's models (at 1000 pods,
+        # time the sweep's watch needs).
+        api_json(creators[kind], self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
 
     def create_pod(self, pod: dict[str, Any]) -> None:
         """Create a pod in the session's namespace."""
@@ -447,7 +461,6 @@ class PodSession:
             condition,
             new=PodState,
             timeout_s=timeout_s,
-            serialize=self.api.sanitize_for_serialization,
         ).verdicts
 
     def wait_pods(
@@ -471,7 +484,6 @@ class PodSession:
             condition,
             new=PodState,
             timeout_s=timeout_s,
-            serialize=self.api.sanitize_for_serialization,
         )
         return {n: (waited.seen[n], waited.verdicts.get(n, "timeout")) for n in names}
 
@@ -526,7 +538,6 @@ class PodSession:
                 outcome,
                 new=PodState,
                 timeout_s=timeout_s,
-                serialize=self.api.sanitize_for_serialization,
             )
         except ApiException as exc:
             result.failure = PodFailure("api", f"{exc.status} {exc.reason}", api_message(exc))
@@ -569,11 +580,13 @@ class PodSession:
     def events_of(self, name: str) -> list[dict[str, Any]]:
         """The pod's events as API JSON, oldest first."""
         selector = f"involvedObject.name={name},involvedObject.kind=Pod"
-        items = self.core.list_namespaced_event(
-            self.namespace, field_selector=selector, _request_timeout=REQUEST_TIMEOUT
-        ).items
-        items.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp or ""))
-        return [self.api.sanitize_for_serialization(e) for e in items]
+        listed = api_json(
+            self.core.list_namespaced_event,
+            self.namespace,
+            field_selector=selector,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return sorted(listed.get("items") or [], key=event_time)
 
     def read_logs(self, result: PodRun, containers: Iterable[str] = ("probe",)) -> dict[str, str]:
         """Each container's log, byte for byte (no client-side JSON decoding); a failure to read one becomes
@@ -656,17 +669,22 @@ class PodSession:
             except Exception as exc:
                 problems.append(f"could not delete {what}: {describe_api_error(exc, self.connection.server)}")
 
-        # A namespace the session made goes whole: its Deployments (so no ReplicaSet makes new pods), its pods
-        # in one call (grace 0: the API removes them at once, so their GPUs are free when pytest returns; a
-        # sweep has a thousand), then the namespace.
+        # A namespace the session made goes whole: its Deployments (so no ReplicaSet makes new pods), its
+        # unfinished pods in one call (grace 0: the API removes them at once, so their GPUs are free when
+        # pytest returns), then the namespace, which takes the finished pods with it: they hold no GPU, and
+        # the API server deletes a collection one pod at a time (15 s for a 1000-node sweep's pods).
         if self.created_namespace:
             for kind, name in self.created:
                 if kind == "deployment":
                     attempt(f"{kind}/{name}", functools.partial(deleters[kind], name))
             attempt(
                 f"the pods of {self.namespace}",
-                lambda: self.core.delete_collection_namespaced_pod(
-                    self.namespace, grace_period_seconds=0, _request_timeout=REQUEST_TIMEOUT
+                lambda: api_json(
+                    self.core.delete_collection_namespaced_pod,
+                    self.namespace,
+                    grace_period_seconds=0,
+                    field_selector=UNFINISHED,
+                    _request_timeout=REQUEST_TIMEOUT,
                 ),
             )
         doomed = [("namespace", self.namespace)] if self.created_namespace else list(reversed(self.created))
@@ -702,8 +720,9 @@ class PodSession:
         return []
 
     def _wait_pods_gone(self, wait_s: float) -> list[str]:
-        """Watch until the run's pods in the namespace are gone (its own and those its Deployments made):
-        then no GPU is held any more when pytest returns.
+        """Watch until the run's unfinished pods in the namespace are gone (its own and those its Deployments
+        made): then no GPU is held any more when pytest returns. In a namespace the session made, finished
+        pods go with the namespace, a few seconds later.
 
         Not the namespace: kube-controller-manager's namespace controller waits a fixed 5 s
         (namespaceDeletionGracePeriod) before it empties and removes a deleted namespace, which would cost
@@ -712,12 +731,14 @@ class PodSession:
         """
         deadline = time.monotonic() + wait_s
         ours = {"label_selector": run_selector(self.run_id)}
+        if self.created_namespace:
+            ours["field_selector"] = UNFINISHED
         try:
             while True:  # a ReplicaSet may still make a pod before its Deployment's deletion reaches it
-                listed = self.core.list_namespaced_pod(
-                    self.namespace, _request_timeout=REQUEST_TIMEOUT, **ours
+                listed = api_json(
+                    self.core.list_namespaced_pod, self.namespace, _request_timeout=REQUEST_TIMEOUT, **ours
                 )
-                left = [p.metadata.name for p in listed.items]
+                left = [p["metadata"]["name"] for p in listed.get("items") or []]
                 if not left:
                     return []
                 remaining = deadline - time.monotonic()

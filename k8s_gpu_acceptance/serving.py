@@ -332,7 +332,6 @@ class ServingSession(ScenarioPods):
             condition,
             new=PodState,
             timeout_s=timeout_s,
-            serialize=self.api.sanitize_for_serialization,
         ).verdicts.get(self.deployment)
 
     def wait_ready(self, timeout_s: float) -> tuple[str | None, PodFailure | None, list[str]]:

@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from k8s_gpu_acceptance import dra, mps_check
 from k8s_gpu_acceptance.checks import fail
-from k8s_gpu_acceptance.cluster import GPU_RESOURCE, REQUEST_TIMEOUT, Connection, NodeFacts
+from k8s_gpu_acceptance.cluster import GPU_RESOURCE, REQUEST_TIMEOUT, Connection, NodeFacts, api_json
 from k8s_gpu_acceptance.diagnosis import Diagnosis, diagnose_isolation_leak, diagnose_pod_did_not_run
 from k8s_gpu_acceptance.document import ProbeDocument
 from k8s_gpu_acceptance.pods import PodRun, PodSession, PodState, Progress, build_probe_pod, classify_pod
@@ -205,12 +206,23 @@ def gpu_holders(pods: Iterable[Mapping[str, Any]], node: str | None = None) -> l
     return found
 
 
-def list_gpu_holders(core: Any, api: Any) -> list[GpuHolder]:
+def list_gpu_holders(core: Any) -> list[GpuHolder]:
     """Every live pod holding GPUs, cluster-wide, in one list call (finished pods filtered by the server)."""
-    pods = core.list_pod_for_all_namespaces(
-        field_selector="status.phase!=Succeeded,status.phase!=Failed", _request_timeout=REQUEST_TIMEOUT
-    ).items
-    return gpu_holders(api.sanitize_for_serialization(pods))
+    pods = api_json(
+        core.list_pod_for_all_namespaces,
+        field_selector="status.phase!=Succeeded,status.phase!=Failed",
+        _request_timeout=REQUEST_TIMEOUT,
+    )
+    return gpu_holders(pods.get("items") or [])
+
+
+def used_gpus_by_node(core: Any) -> dict[str, int]:
+    """nvidia.com/gpu held by live pods, per node (what the scheduler subtracts from allocatable), in one
+    list call however many nodes are asked about."""
+    used: dict[str, int] = defaultdict(int)
+    for holder in list_gpu_holders(core):
+        used[holder.node] += holder.gpus
+    return dict(used)
 
 
 def privileged_gpu_pods(pods: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -623,10 +635,16 @@ class ScenarioPods(PodSession):
 
     def used_gpus(self, node: str) -> int:
         """nvidia.com/gpu held on `node` by live pods (what the scheduler subtracts from allocatable)."""
-        pods = self.core.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={node}", _request_timeout=REQUEST_TIMEOUT
-        ).items
-        return sum(h.gpus for h in gpu_holders(self.api.sanitize_for_serialization(pods), node))
+        pods = api_json(
+            self.core.list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={node}",
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return sum(h.gpus for h in gpu_holders(pods.get("items") or [], node))
+
+    def used_gpus_by_node(self) -> dict[str, int]:
+        """`used_gpus` of every node at once: one list call (asking per node is one call per node)."""
+        return used_gpus_by_node(self.core)
 
     def collect(
         self,

@@ -6,6 +6,9 @@ conditions: a condition is a callable of what was last seen of one object that r
 keep waiting. The pod conditions (`classify_pod` and friends) live with the pods in `pods.py` and
 `sharing.py`; the waits for a namespace's ServiceAccount and for a deleted namespace use `exists` and `gone`.
 
+Objects travel as the API server's JSON (list and watch both skip the client's model deserialization, which
+parsed every timestamp of every event: in a 1000-node sweep that was a third of the suite's CPU time).
+
 Every wait has one deadline. The watch runs in windows of a few seconds, and at each window's end the
 undecided objects are judged again, so a condition that reads more than the object (the pod's events: a
 sandbox the GPU runtime could not create never changes the pod) is noticed too. A 410 Gone (the watch's
@@ -22,7 +25,7 @@ from typing import Any, Generic, TypeVar
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
-from k8s_gpu_acceptance.cluster import REQUEST_TIMEOUT
+from k8s_gpu_acceptance.cluster import REQUEST_TIMEOUT, api_json
 
 WINDOW_S = 5.0
 GONE = 410
@@ -67,6 +70,13 @@ class Waited(Generic[S, V]):
         return [name for name in self.seen if name not in self.verdicts]
 
 
+class RawWatch(watch.Watch):
+    """The official client's watch, its events' objects left as API JSON (no return type: no models)."""
+
+    def get_return_type(self, func: Callable[..., Any]) -> None:
+        return None
+
+
 def exists(seen: Seen) -> bool | None:
     """Condition: the object is there."""
     return True if seen.obj and not seen.deleted else None
@@ -84,7 +94,6 @@ def wait_for(
     *,
     new: Callable[[str], S],
     timeout_s: float,
-    serialize: Callable[[Any], Any],
     window_s: float = WINDOW_S,
     clock: Callable[[], float] = time.monotonic,
     watcher: Callable[[], Any] | None = None,
@@ -92,8 +101,8 @@ def wait_for(
     """List `source`, then watch it, until `condition` gives every object in `names` a verdict or the
     deadline passes (undecided objects are left out of `verdicts`).
 
-    `new(name)` makes the Seen record (e.g. a PodState); `serialize` turns the client's objects into API JSON
-    (`ApiClient.sanitize_for_serialization`). API errors other than 410 Gone propagate to the caller.
+    `new(name)` makes the Seen record (e.g. a PodState), whose `obj` is the object's API JSON. API errors
+    other than 410 Gone propagate to the caller.
     `clock` and `watcher` (a Watch factory) are there for the unit test that scripts the API's answers.
     """
     started = clock()
@@ -112,21 +121,23 @@ def wait_for(
     resource_version: str | None = None
     while len(verdicts) < len(seen):
         if resource_version is None:
-            listing = source.list_func(*source.args, **source.kwargs, _request_timeout=REQUEST_TIMEOUT)
-            listed = {item.metadata.name: item for item in listing.items}
+            listing = api_json(
+                source.list_func, *source.args, **source.kwargs, _request_timeout=REQUEST_TIMEOUT
+            )
+            listed = {item["metadata"]["name"]: item for item in listing.get("items") or []}
             for name, record in seen.items():
                 if name in listed:
-                    record.obj, record.deleted = serialize(listed[name]), False
+                    record.obj, record.deleted = listed[name], False
                 elif record.obj:
                     record.deleted = True
-            resource_version = listing.metadata.resource_version
+            resource_version = listing["metadata"].get("resourceVersion")
             judge(seen)
             if len(verdicts) == len(seen):
                 break
         remaining = deadline - clock()
         if remaining <= 0:
             break
-        stream = watcher() if watcher is not None else watch.Watch()
+        stream = watcher() if watcher is not None else RawWatch()
         try:
             for event in stream.stream(
                 source.list_func,
@@ -137,13 +148,14 @@ def wait_for(
                 _request_timeout=(REQUEST_TIMEOUT[0], window_s + REQUEST_TIMEOUT[0]),
             ):
                 obj = event["object"]
-                resource_version = obj.metadata.resource_version or resource_version
-                name = obj.metadata.name
-                if name not in seen or name in verdicts:
+                metadata = obj.get("metadata") or {}
+                resource_version = metadata.get("resourceVersion") or resource_version
+                changed = str(metadata.get("name"))
+                if event["type"] == "BOOKMARK" or changed not in seen or changed in verdicts:
                     continue
-                record = seen[name]
-                record.obj, record.deleted = serialize(obj), event["type"] == "DELETED"
-                judge([name])
+                record = seen[changed]
+                record.obj, record.deleted = obj, event["type"] == "DELETED"
+                judge([changed])
                 if len(verdicts) == len(seen):
                     stream.stop()
                     break

@@ -31,10 +31,11 @@ def test_one_gpu_pods_at_once_each_see_their_own_gpu(
 ):
     pods = open_scenario(request, "distinct")
     candidates = []
+    used = pods.used_gpus_by_node()
     for node in eligible_gpu_nodes(cluster_facts.nodes, gpu_settings):
         if detect_sharing(node).shared:
             continue
-        free = node.gpu_allocatable - pods.used_gpus(node.name)
+        free = node.gpu_allocatable - used.get(node.name, 0)
         if free >= 2:
             candidates.append((free, node.name))
     if not candidates:

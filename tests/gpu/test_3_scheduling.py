@@ -69,7 +69,7 @@ def _with_holders(request, diagnosis):
         return diagnosis
     connection = request.getfixturevalue("cluster_connection")
     try:
-        holders = list_gpu_holders(client.CoreV1Api(connection.api), connection.api)
+        holders = list_gpu_holders(client.CoreV1Api(connection.api))
     except Exception as exc:  # the diagnosis stands without the names
         warnings.warn(f"scheduling: could not list the pods holding GPUs: {exc}", stacklevel=1)
         return diagnosis

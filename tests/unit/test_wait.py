@@ -1,17 +1,18 @@
 """wait.wait_for, the suite's one list-then-watch loop, against a scripted API (simulated here: the list call,
-the watch stream and the clock are scripted, so the deadline arithmetic is exact). The real API server runs
+the watch stream and the clock are scripted, so the deadline arithmetic is exact; objects are API JSON, as
+the real list and watch return them). The real API server runs
 the same code in tests/self (probe pod, scenario pods, namespace deletion)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import json
 from typing import Any
 
 import pytest
 from kubernetes.client.rest import ApiException
 
 from k8s_gpu_acceptance.pods import PodState, classify_pod
-from k8s_gpu_acceptance.wait import Seen, Source, exists, gone, wait_for
+from k8s_gpu_acceptance.wait import RawWatch, Seen, Source, exists, gone, wait_for
 
 
 class Clock:
@@ -22,26 +23,38 @@ class Clock:
         return self.now
 
 
-def obj(name: str, rv: str, **body: Any) -> SimpleNamespace:
-    return SimpleNamespace(
-        metadata=SimpleNamespace(name=name, resource_version=rv), body={"name": name, **body}
-    )
+def obj(name: str, rv: str, **body: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "resourceVersion": rv}, **body}
+
+
+class Response:
+    """What the client returns with _preload_content=False: the body as bytes."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.data = json.dumps(body).encode()
+        self.released = False
+
+    def release_conn(self) -> None:
+        self.released = True
 
 
 class ScriptedApi:
     """`lists`: what each list call returns; `windows`: per watch window, a list of events, or an exception
     raised after the window's time has passed. A window without a stop lasts its timeout_seconds."""
 
-    def __init__(self, clock: Clock, lists: list[list[SimpleNamespace]], windows: list[Any]) -> None:
+    def __init__(self, clock: Clock, lists: list[list[dict[str, Any]]], windows: list[Any]) -> None:
         self.clock, self.lists, self.windows = clock, lists, windows
         self.list_calls, self.watch_calls = 0, []
+        self.responses: list[Response] = []
 
-    def list_things(self, *args: Any, **kwargs: Any) -> SimpleNamespace:
+    def list_things(self, *args: Any, **kwargs: Any) -> Response:
+        assert kwargs["_preload_content"] is False  # API JSON, never the client's models
         items = self.lists[min(self.list_calls, len(self.lists) - 1)]
         self.list_calls += 1
-        return SimpleNamespace(
-            items=items, metadata=SimpleNamespace(resource_version=f"list{self.list_calls}")
+        self.responses.append(
+            Response({"items": items, "metadata": {"resourceVersion": f"list{self.list_calls}"}})
         )
+        return self.responses[-1]
 
     def watcher(self) -> Any:
         api = self
@@ -75,7 +88,6 @@ def run(api: ScriptedApi, names: list[str], condition: Any, timeout_s: float, ne
         condition,
         new=new,
         timeout_s=timeout_s,
-        serialize=lambda o: o.body,
         window_s=5,
         clock=api.clock,
         watcher=api.watcher,
@@ -86,6 +98,8 @@ def test_decided_by_the_list_needs_no_watch():
     api = ScriptedApi(Clock(), [[obj("default", "1")]], [])
     waited = run(api, ["default"], exists, 30)
     assert waited.verdicts == {"default": True} and api.watch_calls == []
+    assert waited.seen["default"].obj == obj("default", "1")
+    assert all(r.released for r in api.responses)  # the connection goes back to the pool
 
 
 def test_410_gone_relists_within_the_same_deadline():
@@ -116,7 +130,7 @@ def test_watch_events_decide_each_object_and_deleted_objects_are_gone():
     )
     waited = run(api, ["ns-a", "ns-b"], gone, 30)
     assert waited.verdicts == {"ns-a": True, "ns-b": True}
-    assert waited.seen["ns-b"].deleted and waited.seen["ns-b"].obj == {"name": "ns-b"}
+    assert waited.seen["ns-b"].deleted and waited.seen["ns-b"].obj == obj("ns-b", "3")
     assert waited.waited_s < 1  # stopped at the last verdict, not at the window's end
 
 
@@ -135,3 +149,33 @@ def test_a_window_that_closes_without_events_judges_again():
     waited = run(api, ["p"], fatal_event_on_second_look, 60, new=PodState)
     assert waited.verdicts == {"p": "sandbox"} and calls == ["p", "p"]
     assert waited.waited_s == 5
+
+
+class StreamedResponse:
+    """A watch response as urllib3 streams it: newline-separated events, in arbitrary chunks."""
+
+    def __init__(self, lines: list[dict[str, Any]]) -> None:
+        self.body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+    def stream(self, amt: Any = None, decode_content: bool = False) -> Any:
+        yield from (self.body[i : i + 7] for i in range(0, len(self.body), 7))
+
+    def close(self) -> None: ...
+
+    def release_conn(self) -> None: ...
+
+
+def test_raw_watch_gives_api_json_and_raises_a_410_error_event():
+    """RawWatch is the official client's Watch with models turned off: what wait_for's 410 handling needs."""
+    pod = obj("p", "7", status={"phase": "Running", "startTime": "2026-11-26T05:30:00Z"})
+
+    def list_pods(namespace: str, **kwargs: Any) -> StreamedResponse:
+        assert kwargs["watch"] is True and kwargs["_preload_content"] is False
+        gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}
+        return StreamedResponse([{"type": "MODIFIED", "object": pod}, {"type": "ERROR", "object": gone}])
+
+    events = RawWatch().stream(list_pods, "ns", timeout_seconds=5)
+    assert next(events)["object"] == pod  # a dict, its times still strings: nothing parsed
+    with pytest.raises(ApiException) as raised:
+        next(events)
+    assert raised.value.status == 410
