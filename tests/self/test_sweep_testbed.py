@@ -8,6 +8,7 @@ must fail, and CI's JUnit must say which.
 
 from __future__ import annotations
 
+import itertools
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -65,6 +66,9 @@ def test_sweep_reports_every_tolerated_gpu_node_and_lists_the_others(run_suite):
     cases = junit_cases(run)
     for name in DEFAULT_GPU_NODES:
         assert sum(1 for case in cases if case.endswith(f"[{name}]")) == 1 + len(PROBE_LAYERS), cases
+    # node by node: each node's layers run together, bottom-up (its pod and document are set up once)
+    ran = [case.rsplit("[", 1)[1].rstrip("]") for case in cases if case.endswith("]")]
+    assert ran == [node for node, _ in itertools.groupby(ran) for _ in range(1 + len(PROBE_LAYERS))], ran
     # the cluster-wide layers run once (the checks that are not layers, distinct GPUs and accelerator
     # metrics, are not per node either)
     not_layers = ("test_one_gpu_pods_at_once", "test_dcgm_exporter")
