@@ -5,7 +5,8 @@
 # on a multi-GPU host one pod with every GPU, time-slicing and the sharing checks, the time-to-verdict bench,
 # `down`,
 # `check-clean`. Every step has a share of a time budget, so a run cut short still leaves its results.
-# Steps can be skipped for a session that adds one more: SMALL_RUN=0, FULL_RUN=0, SERVING=0, SHARING=0, BENCH=0.
+# Steps can be skipped for a session that adds one more: SMALL_RUN=0, FULL_RUN=0, SERVING=0, SHARING=0, BENCH=0;
+# BENCH_REPEATS (default 3) sets the time-to-verdict bench's rounds.
 #
 # Before (on a machine with Go): python -m testbed bundle --out .gpuhost/bundle; the suite's wheels in
 # .gpuhost/wheels (the project's own: pip wheel --no-deps -w .gpuhost/wheels .; its dependencies for the
@@ -89,7 +90,7 @@ if [ -n "$BIG" ]; then
 fi
 if [ -n "$BIG" ] && [ "${BENCH:-1}" = 1 ] && [ "$(left)" -gt 120 ]; then  # issue 13: time to verdict on a GPU node
   mkdir -p "$TMP/bench"
-  timeout $(( $(left) - 45 )) python3 bench/bench_time_to_verdict.py --image "$BIG" --repeats 3 \
+  timeout $(( $(left) - 45 )) python3 bench/bench_time_to_verdict.py --image "$BIG" --repeats "${BENCH_REPEATS:-3}" \
     --pytest-arg=--import-mode=importlib --pytest-arg=-o --pytest-arg=pythonpath=container \
     --model=random-gpt2-small > "$TMP/bench/time-to-verdict.txt" 2>&1
   el "time-to-verdict bench rc=$? ($(grep 'ratio' "$TMP/bench/time-to-verdict.txt"))"; pack bench
