@@ -71,9 +71,8 @@ class RunState:
     device_plugin: DevicePluginFacts | None = None
     dra: DraFacts | None = None  # the DeviceClass and ResourceSlices, when read (--allocation dra/auto)
     allocation: str | None = None  # device-plugin or dra, as resolved for this run
-    conformance: list[Check] = field(
-        default_factory=list
-    )  # AI Conformance evidence, per requirement and test
+    # AI Conformance evidence, keyed by (requirement, test node id) (conformance.fold)
+    conformance: dict[tuple[str, str], Check] = field(default_factory=dict)
     probe: ProbeRun | None = None
     scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Each scenario test's outcome (by node id), and the `scenarios` keys it recorded (by node id).

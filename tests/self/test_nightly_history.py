@@ -65,7 +65,7 @@ def test_three_runs_make_a_baseline_and_a_slower_run_is_a_regression(
         assert run.ret == 0, run.output
         runs.append(run)
     first, second, third = runs
-    assert first.report["schema_version"] == "1.4"
+    assert first.report["schema_version"] == "1.5"
     for early in (first, second):
         assert set(verdicts(early).values()) == {"no baseline yet"}, verdicts(early)
         assert early.report["history"]["record_locations"][0].startswith(

@@ -119,7 +119,7 @@ def test_the_service_is_loaded_and_one_replica_too_many_stays_pending(
 ) -> None:
     run = run_serving(serving_image, *LIGHT)
     assert run.ret == 0, run.output
-    assert run.report["schema_version"] == "1.4"
+    assert run.report["schema_version"] == "1.5"
     serving = run.report["serving"]
     assert serving["node"] == testbed.real_node and serving["path"] == "API server service proxy"
     levels = serving["levels"]

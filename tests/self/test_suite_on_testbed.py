@@ -26,7 +26,7 @@ def test_h100_recording_passes_every_layer_and_reports_reach_minio(run_suite, te
     run = run_suite(f"--s3-bucket={bucket}", "--s3-prefix=nightly")
     assert run.ret == 0, run.output
     report = run.report
-    assert report["schema_version"] == "1.4" and report["outcome"] == "passed"
+    assert report["schema_version"] == "1.5" and report["outcome"] == "passed"
     assert [(e["name"], e["outcome"]) for e in report["layers"]] == [
         (name, "passed")
         for name in (

@@ -27,11 +27,60 @@ def test_status_passed_failed_or_not_assessed():
 
 
 def test_a_tests_worst_phase_wins():
-    checks: list[Check] = []
+    checks: dict[tuple[str, str], Check] = {}
     conformance.fold(checks, Check("r", "t1", "passed"))
     conformance.fold(checks, Check("r", "t1", "error", "teardown failed"))
     conformance.fold(checks, Check("r", "t1", "passed"))
-    assert [(c.test, c.outcome) for c in checks] == [("t1", "error")]
+    conformance.fold(checks, Check("r", "t2", "passed"))
+    assert [(c.test, c.outcome) for c in checks.values()] == [("t1", "error"), ("t2", "passed")]
+
+
+def sweep_checks(outcomes: dict[str, str]) -> list[Check]:
+    test = "tests/gpu/test_4_driver.py::test_driver_and_devices_visible"
+    return [
+        Check("driver_runtime_management", f"{test}[{node}]", outcome, f"no GPU on {node}", "driver", node)
+        for node, outcome in outcomes.items()
+    ]
+
+
+def test_a_sweeps_per_node_checks_are_one_evidence_line_per_test():
+    passed = conformance.evidence(sweep_checks({f"gpu-node-{i}": "passed" for i in range(1, 1001)}))
+    assert [(line.test, line.outcome, line.summary) for line in passed] == [
+        ("tests/gpu/test_4_driver.py::test_driver_and_devices_visible", "passed", "passed on 1000 nodes")
+    ]
+    outcomes = {f"gpu-node-{i}": "passed" for i in range(1, 11)} | {
+        "gpu-node-8": "failed",
+        "gpu-node-9": "blocked",
+    }
+    (line,) = conformance.evidence(sweep_checks(outcomes))
+    assert line.outcome == "failed"
+    assert line.summary == (
+        "failed on 1 of 10 nodes (gpu-node-8); blocked on 1 of 10 nodes (gpu-node-9); passed on 8 of 10 nodes"
+    )
+    assert line.messages == ("gpu-node-8: no GPU on gpu-node-8", "gpu-node-9: no GPU on gpu-node-9")
+    # a test that is not per node stays its own line, parameters and all
+    plain = conformance.evidence(
+        [Check("r", "tests/gpu/t.py::t[x]", "passed"), Check("r", "t2", "failed", "m")]
+    )
+    assert [(line.test, line.summary) for line in plain] == [
+        ("tests/gpu/t.py::t[x]", "passed"),
+        ("t2", "failed"),
+    ]
+
+
+def test_the_html_and_the_fragment_summarize_a_sweep_and_report_json_keeps_every_check():
+    checks = sweep_checks({f"gpu-node-{i}": "passed" for i in range(1, 1001)})
+    data = conformance.section(checks)
+    driver = next(r for r in data["requirements"] if r["id"] == "driver_runtime_management")
+    assert len(driver["checks"]) == 1000 and driver["checks"][0]["node"] == "gpu-node-1"
+    html = conformance.section_html(data)
+    assert html.count("test_driver_and_devices_visible") == 1 and "passed on 1000 nodes" in html
+    document = conformance.fragment(checks, {"run_id": "r1", "cluster": "c1", "started_at": "t"})
+    (item,) = [i for items in document["spec"].values() for i in items]
+    assert item["evidence"] == [
+        "k8s-gpu-acceptance run r1 on c1 (t): "
+        "tests/gpu/test_4_driver.py::test_driver_and_devices_visible passed on 1000 nodes"
+    ]
 
 
 def test_dra_support_counts_only_in_a_dra_run():

@@ -467,7 +467,7 @@ class TestServing:
         result = suite.runpytest("--target=local", "-m", "serving", "--report-dir=out")
         result.assert_outcomes(passed=1, failed=1)
         report = report_json(suite)
-        assert report["outcome"] == "failed" and report["schema_version"] == "1.4"
+        assert report["outcome"] == "failed" and report["schema_version"] == "1.5"
         assert [s["group"] for s in report["scenarios"]] == ["serving", "serving"]
         serving = report["serving"]
         assert [lv["concurrency"] for lv in serving["levels"]] == [1, 2]

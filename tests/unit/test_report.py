@@ -126,7 +126,7 @@ def failing_state() -> RunState:
 def test_json_report_has_the_versioned_schema_and_run_facts():
     report = build_json_report(passing_state(), Settings())
     assert report["schema"] == SCHEMA == "k8s-gpu-acceptance/report"
-    assert report["schema_version"] == SCHEMA_VERSION == "1.4"
+    assert report["schema_version"] == SCHEMA_VERSION == "1.5"
     assert report["run_id"] == "20261122-100000-a1b2c3"
     assert report["target"] == "k8s"
     assert report["started_at"] == "2026-11-22T10:00:00+00:00"

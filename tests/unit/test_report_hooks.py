@@ -38,7 +38,7 @@ def test_baseline_then_regression_exit_7_then_warn(suite: pytest.Pytester, tmp_p
     for _ in range(3):
         assert run(suite, "h100", history, GATES).ret == 0
     third = report_json(suite)
-    assert third["schema_version"] == "1.4"
+    assert third["schema_version"] == "1.5"
     bf16 = next(m for m in third["regressions"]["metrics"] if m["metric"] == "bf16_tflops")
     assert bf16["verdict"] == "same" and bf16["baseline"]["runs"] == 2
 

@@ -78,7 +78,7 @@ def sharing_only_state() -> RunState:
 
 def test_a_sharing_only_run_passes_on_its_scenario_checks_with_their_figures():
     report = build_json_report(sharing_only_state(), Settings())
-    assert SCHEMA_VERSION == "1.4" and report["schema_version"] == "1.4"
+    assert SCHEMA_VERSION == "1.5" and report["schema_version"] == "1.5"
     assert report["outcome"] == "passed"
     assert report["scenario_counts"]["passed"] == 2 and report["scenario_counts"]["skipped"] == 1
     assert report["counts"]["not-run"] == 8  # no layer ran: that stays true
