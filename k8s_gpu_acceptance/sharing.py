@@ -24,7 +24,15 @@ from k8s_gpu_acceptance.checks import fail
 from k8s_gpu_acceptance.cluster import GPU_RESOURCE, REQUEST_TIMEOUT, Connection, NodeFacts, api_json
 from k8s_gpu_acceptance.diagnosis import Diagnosis, diagnose_isolation_leak, diagnose_pod_did_not_run
 from k8s_gpu_acceptance.document import ProbeDocument
-from k8s_gpu_acceptance.pods import PodRun, PodSession, PodState, Progress, build_probe_pod, classify_pod
+from k8s_gpu_acceptance.pods import (
+    UNFINISHED,
+    PodRun,
+    PodSession,
+    PodState,
+    Progress,
+    build_probe_pod,
+    classify_pod,
+)
 from k8s_gpu_acceptance.probe import read_document
 from k8s_gpu_acceptance.run import RUN_ID_KEY, run_labels
 from k8s_gpu_acceptance.settings import Settings, Toleration
@@ -210,7 +218,7 @@ def list_gpu_holders(core: Any) -> list[GpuHolder]:
     """Every live pod holding GPUs, cluster-wide, in one list call (finished pods filtered by the server)."""
     pods = api_json(
         core.list_pod_for_all_namespaces,
-        field_selector="status.phase!=Succeeded,status.phase!=Failed",
+        field_selector=UNFINISHED,
         _request_timeout=REQUEST_TIMEOUT,
     )
     return gpu_holders(pods.get("items") or [])
